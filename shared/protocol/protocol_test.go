@@ -451,3 +451,26 @@ func TestTypeString(t *testing.T) {
 	require.Equal(t, "pong", TypePong.String())
 	require.Equal(t, "type(9)", Type(9).String())
 }
+
+// The two frames drawn in docs/protocol.md, byte for byte.
+func TestDocExample(t *testing.T) {
+	unhex := func(s string) []byte {
+		var b []byte
+		for _, f := range strings.Fields(s) {
+			var v byte
+			_, err := fmt.Sscanf(f, "%02x", &v)
+			require.NoError(t, err)
+			b = append(b, v)
+		}
+		return b
+	}
+	call, err := AppendFrame(nil, &Header{Type: TypeRequest, Codec: 1, Flags: FlagDeadline, Seq: 1, Budget: 1500 * time.Millisecond}, "Echo.Echo", "", []byte("hello"))
+	require.NoError(t, err)
+	require.Equal(t, unhex(`52 53 01 01 01 02 00 09  00 00 00 00 00 00 00 01  00 00 05 dc 00 00 00 00  00 00 00 05
+		45 63 68 6f 2e 45 63 68 6f  68 65 6c 6c 6f`), call)
+
+	reply, err := AppendFrame(nil, &Header{Type: TypeReply, Codec: 1, Flags: FlagError, Seq: 2}, "", "divide by zero", nil)
+	require.NoError(t, err)
+	require.Equal(t, unhex(`52 53 01 02 01 01 00 00  00 00 00 00 00 00 00 02  00 00 00 00 00 00 00 0e  00 00 00 00
+		64 69 76 69 64 65 20 62 79 20 7a 65 72 6f`), reply)
+}

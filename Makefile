@@ -1,0 +1,92 @@
+# rpcsteps: `make` lists the targets. The two that matter most:
+#   make bench-all   run the benchmark grid and print the comparison tables
+#   make test        everything CI checks
+
+SHELL     := /bin/bash
+GO        ?= go
+PKGS      ?= ./...
+# bench-all: -count 6 is the least benchstat needs for a confidence interval.
+COUNT     ?= 6
+BENCHTIME ?= 1s
+BENCH     ?= BenchmarkEcho
+RESULTS   ?= results
+FUZZTIME  ?= 2m
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo "  variables: COUNT=$(COUNT) BENCHTIME=$(BENCHTIME) BENCH=$(BENCH) FUZZTIME=$(FUZZTIME)"
+	@echo "  e.g. make bench-all COUNT=10 BENCHTIME=3s;  make diff FROM=v1 TO=v2"
+
+.PHONY: test
+test: fmt-check vet staticcheck race bench-smoke ## gofmt, vet, staticcheck, race tests with fuzz seeds, benchmarks once
+
+.PHONY: fmt-check
+fmt-check:
+	@echo "== gofmt"
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+.PHONY: vet
+vet:
+	@echo "== go vet"
+	$(GO) vet $(PKGS)
+
+.PHONY: staticcheck
+staticcheck:
+	@echo "== staticcheck"
+	$(GO) tool staticcheck $(PKGS)
+
+# The fuzz targets' seed corpora run as ordinary tests here.
+.PHONY: race
+race:
+	@echo "== go test -race"
+	$(GO) test -race -count=1 $(PKGS)
+
+# Every benchmark once, so that none can rot between bench-all runs.
+.PHONY: bench-smoke
+bench-smoke:
+	@echo "== benchmarks, once each"
+	$(GO) test -run '^$$' -bench . -benchtime=1x $(PKGS)
+
+.PHONY: bench-all
+bench-all: ## the benchmark grid, saved in results/, compared with benchstat
+	@mkdir -p $(RESULTS)
+	@out=$(RESULTS)/bench-$$(date -u +%Y%m%dT%H%M%SZ).txt; \
+	n=$$($(GO) test -run '^$$' -list '$(BENCH)' ./benchcmp | grep -c '^Bench'); \
+	echo "== $(BENCH): $$n benchmark function(s), -count $(COUNT), -benchtime $(BENCHTIME); raw output in $$out"; \
+	echo "   one line per finished run (grid: impl x size x callers); $(GO) $$($(GO) env GOVERSION), $$(nproc) CPUs"; \
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -count $(COUNT) -benchtime $(BENCHTIME) -timeout 0 ./benchcmp | tee $$out; \
+	status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status; \
+	cp $$out $(RESULTS)/latest.txt; \
+	echo; echo "== go tool benchstat -col /impl $$out"; \
+	$(GO) tool benchstat -col /impl $$out
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME each
+	@for pkg in $$($(GO) list $(PKGS)); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+.PHONY: cover
+cover: ## test coverage per function; HTML in results/cover.html
+	@mkdir -p $(RESULTS)
+	$(GO) test -count=1 -coverprofile=$(RESULTS)/cover.out $(PKGS)
+	$(GO) tool cover -func=$(RESULTS)/cover.out | tail -n 1
+	$(GO) tool cover -html=$(RESULTS)/cover.out -o $(RESULTS)/cover.html
+	@echo "open $(RESULTS)/cover.html"
+
+# FROM and TO are version folders or their prefixes: v1, v2-connpool, ...
+.PHONY: diff
+diff: ## the step between two versions: make diff FROM=v1 TO=v2
+	@from=$$(ls -d $(FROM)*/ 2>/dev/null | head -n 1); to=$$(ls -d $(TO)*/ 2>/dev/null | head -n 1); \
+	if [ -z "$(FROM)" ] || [ -z "$(TO)" ] || [ -z "$$from" ] || [ -z "$$to" ]; then \
+	  echo "usage: make diff FROM=v1 TO=v2 (version folders: $$(ls -d v[0-9]*/ 2>/dev/null | tr '\n' ' '))"; exit 2; fi; \
+	git --no-pager diff --no-index --stat $$from $$to; \
+	git --no-pager diff --no-index $$from $$to; \
+	status=$$?; [ $$status -le 1 ] || exit $$status

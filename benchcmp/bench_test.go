@@ -1,0 +1,116 @@
+package benchcmp
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var (
+	sizes       = []int{64, 4096}
+	callerCount = []int{1, 64, 1024}
+)
+
+// start serves im on a loopback port and dials it.
+func start(tb testing.TB, im Impl) Client {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(tb, err)
+	stop, err := im.Serve(ln)
+	require.NoError(tb, err)
+	c, err := im.Dial(ln.Addr().String())
+	require.NoError(tb, err)
+	tb.Cleanup(func() {
+		c.Close()
+		stop()
+	})
+	return c
+}
+
+// BenchmarkEcho is the grid: implementation × payload size × callers
+// sharing one client. Besides time and allocations per call it reports
+// calls/s and the measured p50 and p99 latency of single calls.
+func BenchmarkEcho(b *testing.B) {
+	for _, im := range Impls() {
+		for _, size := range sizes {
+			for _, callers := range callerCount {
+				name := fmt.Sprintf("impl=%s/size=%d/callers=%d", im.Name, size, callers)
+				b.Run(name, func(b *testing.B) {
+					c := start(b, im)
+					b.ReportAllocs()
+					b.SetBytes(int64(2 * size))
+					res, err := Drive(context.Background(), c, callers, size, int64(b.N), b.ResetTimer)
+					b.StopTimer()
+					require.NoError(b, err)
+					b.ReportMetric(res.CallsPerSec(), "calls/s")
+					b.ReportMetric(float64(res.Percentile(0.50).Nanoseconds()), "p50-ns")
+					b.ReportMetric(float64(res.Percentile(0.99).Nanoseconds()), "p99-ns")
+				})
+			}
+		}
+	}
+}
+
+// Every implementation passes the workload's own check: right replies,
+// for every size and caller count.
+func TestEchoAllImpls(t *testing.T) {
+	for _, im := range Impls() {
+		t.Run(im.Name, func(t *testing.T) {
+			c := start(t, im)
+			for _, size := range sizes {
+				res, err := Drive(context.Background(), c, 8, size, 200, nil)
+				require.NoError(t, err)
+				require.EqualValues(t, 200, res.Calls)
+				require.Positive(t, res.Percentile(0.99))
+				require.LessOrEqual(t, res.Percentile(0.5), res.Percentile(0.99))
+			}
+		})
+	}
+}
+
+// brokenEcho answers with the wrong bytes: Drive must notice.
+type brokenEcho struct{ Client }
+
+func (b brokenEcho) Call(ctx context.Context, m string, args, reply any) error {
+	if err := b.Client.Call(ctx, m, args, reply); err != nil {
+		return err
+	}
+	(*reply.(*[]byte))[3] ^= 1
+	return nil
+}
+
+func TestDriveChecksReplies(t *testing.T) {
+	im, err := Lookup("netrpc")
+	require.NoError(t, err)
+	c := start(t, im)
+	_, err = Drive(context.Background(), brokenEcho{c}, 4, 64, 10, nil)
+	require.ErrorContains(t, err, "does not match its request")
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	time.Sleep(2 * time.Millisecond)
+	_, err = Drive(ctx, c, 4, 64, 10, nil)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+
+	_, err = Lookup("nope")
+	require.Error(t, err)
+}
+
+func TestPercentile(t *testing.T) {
+	r := Result{Calls: 100, Elapsed: time.Second}
+	require.Zero(t, r.Percentile(0.5))
+	for i := range 100 {
+		r.Latencies = append(r.Latencies, time.Duration(i+1))
+	}
+	require.Equal(t, time.Duration(50), r.Percentile(0.5))
+	require.Equal(t, time.Duration(99), r.Percentile(0.99))
+	require.Equal(t, time.Duration(100), r.Percentile(1))
+	require.InDelta(t, 100, r.CallsPerSec(), 1e-9)
+}
