@@ -45,7 +45,6 @@ func BenchmarkEcho(b *testing.B) {
 				b.Run(name, func(b *testing.B) {
 					c := start(b, im)
 					b.ReportAllocs()
-					b.SetBytes(int64(2 * size))
 					res, err := Drive(context.Background(), c, callers, size, int64(b.N), b.ResetTimer)
 					b.StopTimer()
 					require.NoError(b, err)
