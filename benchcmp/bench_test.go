@@ -42,19 +42,33 @@ func BenchmarkEcho(b *testing.B) {
 		for _, size := range sizes {
 			for _, callers := range callerCount {
 				name := fmt.Sprintf("impl=%s/size=%d/callers=%d", im.Name, size, callers)
-				b.Run(name, func(b *testing.B) {
-					c := start(b, im)
-					b.ReportAllocs()
-					res, err := Drive(context.Background(), c, callers, size, int64(b.N), b.ResetTimer)
-					b.StopTimer()
-					require.NoError(b, err)
-					b.ReportMetric(res.CallsPerSec(), "calls/s")
-					b.ReportMetric(float64(res.Percentile(0.50).Nanoseconds()), "p50-ns")
-					b.ReportMetric(float64(res.Percentile(0.99).Nanoseconds()), "p99-ns")
-				})
+				b.Run(name, func(b *testing.B) { bench(b, im, "Echo.Echo", callers, size) })
 			}
 		}
 	}
+}
+
+// BenchmarkSleep is a server that works: each call takes SleepTime (1 ms)
+// in the method. What limits calls/s is then how many calls an
+// implementation lets be in the server at once.
+func BenchmarkSleep(b *testing.B) {
+	for _, im := range Impls() {
+		for _, callers := range []int{64, 1024} {
+			name := fmt.Sprintf("impl=%s/size=64/callers=%d", im.Name, callers)
+			b.Run(name, func(b *testing.B) { bench(b, im, "Echo.Sleep", callers, 64) })
+		}
+	}
+}
+
+func bench(b *testing.B, im Impl, method string, callers, size int) {
+	c := start(b, im)
+	b.ReportAllocs()
+	res, err := Drive(context.Background(), c, method, callers, size, int64(b.N), b.ResetTimer)
+	b.StopTimer()
+	require.NoError(b, err)
+	b.ReportMetric(res.CallsPerSec(), "calls/s")
+	b.ReportMetric(float64(res.Percentile(0.50).Nanoseconds()), "p50-ns")
+	b.ReportMetric(float64(res.Percentile(0.99).Nanoseconds()), "p99-ns")
 }
 
 // Every implementation passes the workload's own check: right replies,
@@ -64,12 +78,15 @@ func TestEchoAllImpls(t *testing.T) {
 		t.Run(im.Name, func(t *testing.T) {
 			c := start(t, im)
 			for _, size := range sizes {
-				res, err := Drive(context.Background(), c, 8, size, 200, nil)
+				res, err := Drive(context.Background(), c, "Echo.Echo", 8, size, 200, nil)
 				require.NoError(t, err)
 				require.EqualValues(t, 200, res.Calls)
 				require.Positive(t, res.Percentile(0.99))
 				require.LessOrEqual(t, res.Percentile(0.5), res.Percentile(0.99))
 			}
+			res, err := Drive(context.Background(), c, "Echo.Sleep", 16, 64, 32, nil)
+			require.NoError(t, err)
+			require.GreaterOrEqual(t, res.Percentile(0), SleepTime)
 		})
 	}
 }
@@ -89,13 +106,13 @@ func TestDriveChecksReplies(t *testing.T) {
 	im, err := Lookup("netrpc")
 	require.NoError(t, err)
 	c := start(t, im)
-	_, err = Drive(context.Background(), brokenEcho{c}, 4, 64, 10, nil)
+	_, err = Drive(context.Background(), brokenEcho{c}, "Echo.Echo", 4, 64, 10, nil)
 	require.ErrorContains(t, err, "does not match its request")
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
 	defer cancel()
 	time.Sleep(2 * time.Millisecond)
-	_, err = Drive(ctx, c, 4, 64, 10, nil)
+	_, err = Drive(ctx, c, "Echo.Echo", 4, 64, 10, nil)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 
 	_, err = Lookup("nope")

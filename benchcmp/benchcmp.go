@@ -57,9 +57,20 @@ func (Echo) Echo(args []byte, reply *[]byte) error {
 	return nil
 }
 
+// SleepTime is how long Echo.Sleep works before it answers.
+const SleepTime = time.Millisecond
+
+// Sleep replies with its arguments after SleepTime, as a method that does
+// real work (or waits on a database) would.
+func (Echo) Sleep(args []byte, reply *[]byte) error {
+	time.Sleep(SleepTime)
+	*reply = append((*reply)[:0], args...)
+	return nil
+}
+
 // Impls returns the implementations under test, in tutorial order.
 func Impls() []Impl {
-	return []Impl{netrpcImpl(), v1Impl()}
+	return []Impl{netrpcImpl(), v1Impl(), v2Impl()}
 }
 
 // Lookup returns the implementation named name.
@@ -93,11 +104,12 @@ func (r *Result) Percentile(p float64) time.Duration {
 	return r.Latencies[i]
 }
 
-// Drive makes calls Echo calls with payloads of size bytes through c, from
-// callers goroutines at once, and checks every reply against its request.
+// Drive makes calls calls of method (Echo.Echo or Echo.Sleep) with
+// payloads of size bytes through c, from callers goroutines at once, and
+// checks every reply against its request.
 // It allocates what it needs before it starts the clock, so that the
 // allocations counted during a run are the implementation's own.
-func Drive(ctx context.Context, c Client, callers, size int, calls int64, start func()) (*Result, error) {
+func Drive(ctx context.Context, c Client, method string, callers, size int, calls int64, start func()) (*Result, error) {
 	if size < 8 {
 		return nil, errors.New("benchcmp: payloads are at least 8 bytes (they carry the call number)")
 	}
@@ -135,7 +147,7 @@ func Drive(ctx context.Context, c Client, callers, size int, calls int64, start 
 				}
 				binary.LittleEndian.PutUint64(cl.data, uint64(n))
 				t0 := time.Now()
-				err := c.Call(ctx, "Echo.Echo", cl.args, &cl.reply)
+				err := c.Call(ctx, method, cl.args, &cl.reply)
 				lat[n] = time.Since(t0)
 				if err != nil {
 					fail(fmt.Errorf("call %d: %w", n, err))

@@ -151,6 +151,11 @@ func (c *Client) roundTrip(ctx context.Context, typ protocol.Type, serviceMethod
 	if !stop() { // the ctx ended while the reply arrived: it is late
 		return cctx.Err()
 	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		// Read at or after the deadline, before ctx's own timer fired
+		// (the server's timer, started from the same deadline, can win).
+		return context.DeadlineExceeded
+	}
 	return service.DecodeReply(&f, reply)
 }
 
