@@ -56,7 +56,7 @@ bench-all: ## the benchmark grid, saved in results/, compared with benchstat
 	@mkdir -p $(RESULTS)
 	@out=$(RESULTS)/bench-$$(date -u +%Y%m%dT%H%M%SZ).txt; \
 	n=$$($(GO) test -run '^$$' -list '$(BENCH)' ./benchcmp | grep -c '^Bench'); \
-	echo "== $(BENCH): $$n benchmark function(s), -count $(COUNT), -benchtime $(BENCHTIME); raw output in $$out"; \
+	echo "== benchcmp: $$n benchmark function(s) matching '$(BENCH)', -count $(COUNT), -benchtime $(BENCHTIME); raw output in $$out"; \
 	echo "   one line per finished run (impl x size x callers; Sleep: a 1 ms method); $(GO) $$($(GO) env GOVERSION), $$(nproc) CPUs"; \
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -count $(COUNT) -benchtime $(BENCHTIME) -timeout 0 ./benchcmp | tee $$out; \
 	status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status; \
