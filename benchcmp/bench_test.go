@@ -69,6 +69,9 @@ func bench(b *testing.B, im Impl, method string, callers, size int) {
 	b.ReportMetric(res.CallsPerSec(), "calls/s")
 	b.ReportMetric(float64(res.Percentile(0.50).Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(res.Percentile(0.99).Nanoseconds()), "p99-ns")
+	if bc, ok := c.(Batcher); ok {
+		b.ReportMetric(bc.FramesPerWrite(), "frames/write")
+	}
 }
 
 // Every implementation passes the workload's own check: right replies,

@@ -37,6 +37,12 @@ type Client interface {
 	Close() error
 }
 
+// Batcher is a Client that can say how many frames its writer sent per
+// write system call, on average: the batching of v3 and v4.
+type Batcher interface {
+	FramesPerWrite() float64
+}
+
 // Impl is one implementation under test.
 type Impl struct {
 	// Name is the value of the impl= key in benchmark names, e.g. "netrpc".
@@ -70,7 +76,7 @@ func (Echo) Sleep(args []byte, reply *[]byte) error {
 
 // Impls returns the implementations under test, in tutorial order.
 func Impls() []Impl {
-	return []Impl{netrpcImpl(), v1Impl(), v2Impl()}
+	return []Impl{netrpcImpl(), v1Impl(), v2Impl(), v3Impl()}
 }
 
 // Lookup returns the implementation named name.
