@@ -112,11 +112,10 @@ func TestDriveChecksReplies(t *testing.T) {
 	_, err = Drive(context.Background(), brokenEcho{c}, "Echo.Echo", 4, 64, 10, nil)
 	require.ErrorContains(t, err, "does not match its request")
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
-	defer cancel()
-	time.Sleep(2 * time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
 	_, err = Drive(ctx, c, "Echo.Echo", 4, 64, 10, nil)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorIs(t, err, context.Canceled)
 
 	_, err = Lookup("nope")
 	require.Error(t, err)

@@ -220,6 +220,8 @@ func TestFramesBatch(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	// The writers count a write after it returns; the replies may be faster.
+	waitFor(t, "the counters settle", func() bool { return c.Stats().Frames == 256*20 && s.Stats().Frames == 256*20 })
 	cs, ss := c.Stats(), s.Stats()
 	t.Logf("client: %d frames in %d writes; server: %d frames in %d writes", cs.Frames, cs.Flushes, ss.Frames, ss.Flushes)
 	require.EqualValues(t, 256*20, cs.Frames)
