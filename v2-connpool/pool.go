@@ -293,6 +293,8 @@ func (p *pool) close() {
 	for pc := range p.all {
 		conns = append(conns, pc)
 	}
+	p.all = nil // forgotten: a call that puts one back later just closes it
+	p.numOpen -= len(conns)
 	for _, w := range p.waiters {
 		close(w)
 	}

@@ -320,3 +320,34 @@ func TestConnCheck(t *testing.T) {
 	waitFor(t, "the close arrives", func() bool { return errors.Is(check.run(), io.EOF) })
 	a.Close()
 }
+
+// Closing a client closes all its connections: the server sees each one
+// end, and none is left open.
+func TestCloseReleasesConnections(t *testing.T) {
+	g := newGate()
+	s := NewServer()
+	require.NoError(t, s.Register(g))
+	require.NoError(t, s.Register(Echo{}))
+	addr := serve(t, s, nil)
+	c, err := Dial("tcp", addr, WithMaxOpenConns(8))
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() { require.NoError(t, c.Call(context.Background(), "Gate.Hold", 0, new(int))) })
+	}
+	for range 8 {
+		<-g.entered
+	}
+	close(g.release)
+	wg.Wait()
+	serverConns := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.conns)
+	}
+	require.Equal(t, 8, serverConns())
+	require.Equal(t, 8, c.Stats().Idle)
+	require.NoError(t, c.Close())
+	waitFor(t, "the server sees every connection closed", func() bool { return serverConns() == 0 })
+	require.Zero(t, c.Stats().Open)
+}

@@ -348,3 +348,50 @@ func TestGoDoesNotBlockOnFullQueue(t *testing.T) {
 		require.ErrorIs(t, (<-call.Done).Error, ErrShutdown)
 	}
 }
+
+// What v3 still costs, counted: two goroutines per connection on each side
+// (a reader and a writer), and one per request in flight on the server.
+// Chapter 3 quotes the log line: go test -run TestGoroutineCost -v ./v3-pipeline
+func TestGoroutineCost(t *testing.T) {
+	g := newGate()
+	_, addr := gateServer(t, g)
+	const conns = 200
+	settle := func() (int, uint64, uint64) {
+		var ms runtime.MemStats
+		var n int
+		for range 50 { // goroutines that are ending take a moment
+			runtime.GC()
+			n = runtime.NumGoroutine()
+			time.Sleep(2 * time.Millisecond)
+			if runtime.NumGoroutine() == n {
+				break
+			}
+		}
+		runtime.ReadMemStats(&ms)
+		return n, ms.HeapInuse, ms.StackInuse
+	}
+	base, heap0, stack0 := settle()
+	clients := make([]*Client, conns)
+	for i := range clients {
+		c, err := Dial("tcp", addr, WithPingInterval(0))
+		require.NoError(t, err)
+		defer c.Close()
+		clients[i] = c
+	}
+	waitFor(t, "the server's goroutines start", func() bool { return runtime.NumGoroutine() >= base+4*conns })
+	idle, heap1, stack1 := settle()
+	require.Equal(t, 4*conns, idle-base, "2 client + 2 server goroutines per connection")
+
+	for _, c := range clients {
+		c.Go(context.Background(), "Gate.Hold", 0, new(int), nil)
+	}
+	for range conns {
+		<-g.entered
+	}
+	busy, _, _ := settle()
+	require.Equal(t, conns, busy-idle, "one server goroutine per request in flight")
+	t.Logf("%d connections: %d goroutines idle (%.1f per connection, both sides), +%d with one request in flight on each; per idle connection (both sides): heap %.1f KiB, goroutine stacks %.1f KiB",
+		conns, idle-base, float64(idle-base)/conns, busy-idle,
+		float64(int64(heap1)-int64(heap0))/conns/1024, float64(int64(stack1)-int64(stack0))/conns/1024)
+	close(g.release)
+}
