@@ -76,7 +76,7 @@ func (Echo) Sleep(args []byte, reply *[]byte) error {
 
 // Impls returns the implementations under test, in tutorial order.
 func Impls() []Impl {
-	return []Impl{netrpcImpl(), v1Impl(), v2Impl(), v3Impl()}
+	return append([]Impl{netrpcImpl(), v1Impl(), v2Impl(), v3Impl()}, v4Impls()...)
 }
 
 // Lookup returns the implementation named name.

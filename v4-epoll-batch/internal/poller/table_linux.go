@@ -75,6 +75,16 @@ func (t *Table[T]) Remove(fd int) {
 	s.v = zero // let the garbage collector have it
 }
 
+// Each calls f with every value in the table, in fd order. f must not
+// change the table; collect first, then act.
+func (t *Table[T]) Each(f func(T)) {
+	for i := range t.slots {
+		if t.slots[i].used {
+			f(t.slots[i].v)
+		}
+	}
+}
+
 // Len returns the number of fds that have a value.
 func (t *Table[T]) Len() int { return t.n }
 

@@ -109,3 +109,14 @@ func TestTableGetDoesNotAllocate(t *testing.T) {
 		}
 	}))
 }
+
+func TestTableEach(t *testing.T) {
+	var tb Table[string]
+	tb.Put(3, "c")
+	tb.Put(1, "a")
+	tb.Put(7, "x")
+	tb.Remove(7)
+	var got []string
+	tb.Each(func(v string) { got = append(got, v) })
+	require.Equal(t, []string{"a", "c"}, got)
+}

@@ -1,0 +1,177 @@
+package epollbatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rpcsteps/rpcsteps/shared/protocol"
+	"github.com/rpcsteps/rpcsteps/shared/service"
+)
+
+// clientConn is the client's side of one connection: the pending map, as
+// in v3, with the reactor's conn underneath instead of a reader and a
+// writer goroutine.
+type clientConn struct {
+	cl  *Client
+	c   *conn
+	seq atomic.Uint64
+
+	mu      sync.Mutex
+	pending map[uint64]*Call
+	err     error // why the connection is dead; nil while alive
+}
+
+func (cc *clientConn) alive() bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.err == nil
+}
+
+func (cc *clientConn) pendingLen() int {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return len(cc.pending)
+}
+
+// send encodes the call's request, registers the call (before its frame
+// can be written), and puts the frame in the connection's ring for the
+// reactor to write. When the ring is full, Call and Notify wait as long as
+// their ctx allows, and a Go call (async) waits on a goroutine of its own.
+func (cc *clientConn) send(ctx context.Context, call *Call, typ protocol.Type, async bool) {
+	seq := cc.seq.Add(1)
+	bp := getBuf()
+	frame, err := service.AppendRequest(ctx, (*bp)[:0], typ, seq, cc.cl.opts.codec, call.ServiceMethod, call.Args)
+	*bp = frame
+	if err != nil {
+		putBuf(bp)
+		call.complete(fmt.Errorf("epollbatch: call %s: encoding the request: %w", call.ServiceMethod, err))
+		return
+	}
+	cc.mu.Lock()
+	if cc.err != nil {
+		err := cc.err
+		cc.mu.Unlock()
+		putBuf(bp)
+		call.complete(cc.cl.callError(ctx, call.ServiceMethod, err))
+		return
+	}
+	if typ == protocol.TypeRequest {
+		cc.pending[seq] = call
+		if ctx.Done() != nil {
+			// The watch holds the sequence ID, not the call (see v3).
+			call.stopWait = context.AfterFunc(ctx, func() { cc.abandon(seq, ctx.Err()) })
+		}
+	}
+	cc.mu.Unlock()
+
+	if cc.c.trySend(bp) {
+		if typ == protocol.TypeOneway {
+			call.complete(nil)
+		}
+		return
+	}
+	put := func() {
+		if err := cc.c.send(ctx, bp); err != nil {
+			if typ == protocol.TypeOneway {
+				call.complete(cc.cl.callError(ctx, call.ServiceMethod, err))
+				return
+			}
+			cc.abandon(seq, err)
+			return
+		}
+		if typ == protocol.TypeOneway {
+			call.complete(nil)
+		}
+	}
+	if async {
+		go put() // Go never blocks its caller
+		return
+	}
+	put()
+}
+
+// abandon completes the call seq with err, if it still waits for its reply.
+func (cc *clientConn) abandon(seq uint64, err error) {
+	cc.mu.Lock()
+	call := cc.pending[seq]
+	delete(cc.pending, seq)
+	cc.mu.Unlock()
+	if call != nil {
+		call.complete(cc.cl.callError(call.ctx, call.ServiceMethod, err))
+	}
+}
+
+// fail marks the connection dead and fails every pending call at once
+// (any goroutine); the reactor closes the socket.
+func (cc *clientConn) fail(err error) {
+	cc.mu.Lock()
+	if cc.err != nil {
+		cc.mu.Unlock()
+		return
+	}
+	if cc.cl.ctx.Err() != nil {
+		err = ErrShutdown
+	}
+	cc.err = err
+	pending := cc.pending
+	cc.pending = nil
+	cc.mu.Unlock()
+	cc.c.requestClose(err)
+	for _, call := range pending {
+		if call.stopWait != nil {
+			call.stopWait()
+		}
+		call.complete(cc.cl.callError(call.ctx, call.ServiceMethod, err))
+	}
+}
+
+func (cc *clientConn) attached(*conn) {}
+
+// closed: the reactor closed the connection (the server closed it, an
+// error, or the client's Close).
+func (cc *clientConn) closed(_ *conn, err error) {
+	if err == nil {
+		err = errors.New("epollbatch: connection closed by the server")
+	}
+	cc.fail(err)
+}
+
+// frame handles a reply on the reactor's goroutine: it finds the call by
+// sequence ID and decodes the reply into it.
+func (cc *clientConn) frame(c *conn, _ []byte, f *protocol.Frame) {
+	switch f.Type {
+	case protocol.TypeReply:
+		cc.mu.Lock()
+		call := cc.pending[f.Seq]
+		delete(cc.pending, f.Seq)
+		cc.mu.Unlock()
+		if call != nil {
+			call.complete(cc.finish(call, f))
+		}
+	case protocol.TypePong:
+	default:
+		c.close(fmt.Errorf("epollbatch: unexpected %s frame from the server", f.Type))
+	}
+}
+
+// finish gives the outcome of a call whose reply f arrived.
+func (cc *clientConn) finish(call *Call, f *protocol.Frame) error {
+	if call.stopWait != nil && !call.stopWait() {
+		return cc.cl.callError(call.ctx, call.ServiceMethod, call.ctx.Err())
+	}
+	if dl, ok := call.ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return fmt.Errorf("epollbatch: call %s: %w", call.ServiceMethod, context.DeadlineExceeded)
+	}
+	if err := service.DecodeReply(f, call.Reply); err != nil {
+		var se ServerError
+		if errors.As(err, &se) {
+			return se
+		}
+		return fmt.Errorf("epollbatch: call %s: decoding the reply: %w", call.ServiceMethod, err)
+	}
+	return nil
+}

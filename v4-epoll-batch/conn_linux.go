@@ -1,0 +1,459 @@
+package epollbatch
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/rpcsteps/rpcsteps/shared/protocol"
+	"github.com/rpcsteps/rpcsteps/v4-epoll-batch/internal/poller"
+	"github.com/rpcsteps/rpcsteps/v4-epoll-batch/internal/ring"
+)
+
+// Limits of one readiness event and one writev.
+const (
+	maxFramesPerEvent = 64   // then the loop serves the other connections (fairness)
+	iovMax            = 1024 // IOV_MAX on Linux
+)
+
+// side is what a connection's frames mean: requests on a server, replies
+// on a client. Its methods run on the loop's goroutine.
+type side interface {
+	attached(c *conn)
+	// frame handles one complete frame; raw and f alias the input buffer
+	// and are valid only during the call.
+	frame(c *conn, raw []byte, f *protocol.Frame)
+	closed(c *conn, err error)
+}
+
+// conn is one connection of a loop.
+//
+// The loop's goroutine owns the socket and everything read from it: the
+// input buffer, the interest set, the frames being written. Other
+// goroutines (workers with replies, callers with requests) put frames in
+// the ring and schedule the connection; the loop drains the ring into
+// writev. No goroutine waits on an idle connection.
+type conn struct {
+	l        *loop
+	fd       int
+	data     uint64 // the epoll data word: fd and generation
+	side     side
+	maxFrame int
+	bufSize  int
+
+	// Back-pressure (a server's connections; zero limits mean none):
+	// requests read whose reply is not yet written, and their bytes.
+	maxInFlight, maxBytes int64
+	inflight, inBytes     atomic.Int64
+
+	// Owned by the loop's goroutine.
+	in       *[]byte // input: frames from r to w; nil while idle
+	r, w     int
+	interest poller.Events
+	out      []*[]byte // drained from the ring, not yet fully written
+	outOff   int       // bytes of out[0] already written
+	iov      [][]byte
+	eof      bool // no more requests: the peer half-closed, or shutdown
+	draining bool // shutdown: finish the frame arriving, then eof
+	paused   bool // reading stopped by back-pressure
+	closed   bool
+
+	// Any goroutine.
+	ring      *ring.Ring[*[]byte]
+	scheduled atomic.Bool
+	closeReq  atomic.Pointer[error]
+	drainReq  atomic.Bool
+}
+
+func newConn(l *loop, fd int, s side, maxFrame, bufSize int) (*conn, error) {
+	r, err := ring.New[*[]byte](DefaultRingSize)
+	if err != nil {
+		return nil, err
+	}
+	return &conn{l: l, fd: fd, side: s, maxFrame: maxFrame, bufSize: bufSize, ring: r}, nil
+}
+
+// bufPool holds frame buffers: a request copied out of an input buffer, a
+// reply or request waiting in a ring. inPool holds input buffers.
+var (
+	bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+	inPool  sync.Pool
+)
+
+// maxPooledBuf is the largest buffer kept for reuse.
+const maxPooledBuf = 64 << 10
+
+func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
+
+func putBuf(bp *[]byte) {
+	if cap(*bp) <= maxPooledBuf {
+		*bp = (*bp)[:0]
+		bufPool.Put(bp)
+	}
+}
+
+// send queues a frame for the loop to write (any goroutine). It waits
+// while the ring is full, as long as ctx allows: producers never write to
+// the socket themselves, so frames leave in the order they were queued.
+func (c *conn) send(ctx context.Context, bp *[]byte) error {
+	if err := c.ring.Put(ctx, bp); err != nil {
+		putBuf(bp)
+		return err
+	}
+	c.l.schedule(c)
+	return nil
+}
+
+// trySend is send without waiting; false when the ring is full or closed.
+func (c *conn) trySend(bp *[]byte) bool {
+	if !c.ring.TryPut(bp) {
+		return false
+	}
+	c.l.schedule(c)
+	return true
+}
+
+// sendLocal queues a frame from the loop's own goroutine, which must never
+// wait: behind whatever the ring holds, so that the order holds.
+func (c *conn) sendLocal(bp *[]byte) {
+	c.out = c.ring.Drain(c.out, c.ring.Cap())
+	c.out = append(c.out, bp)
+}
+
+// requestClose asks the loop to close c (any goroutine).
+func (c *conn) requestClose(err error) {
+	c.closeReq.CompareAndSwap(nil, &err)
+	c.l.schedule(c)
+}
+
+// requestDrain asks the loop to stop reading requests once the frame
+// arriving, if any, is complete (Shutdown; any goroutine).
+func (c *conn) requestDrain() {
+	c.drainReq.Store(true)
+	c.l.schedule(c)
+}
+
+// onScheduled runs on the loop for a connection another goroutine asked
+// about.
+func (c *conn) onScheduled() {
+	if errp := c.closeReq.Load(); errp != nil {
+		c.close(*errp)
+		return
+	}
+	if c.drainReq.Load() && !c.draining && !c.eof {
+		c.draining = true
+		if c.r == c.w { // nothing arriving: stop now
+			c.stopReading()
+		}
+	}
+	c.flush()
+	c.resume()
+	c.finish()
+}
+
+// onReadable reads what has arrived, without blocking, and hands every
+// complete frame to the side. It stops after maxFramesPerEvent frames:
+// level-triggered epoll reports the rest next time, after the other
+// connections had their turn.
+func (c *conn) onReadable() {
+	if c.closed || c.paused || c.eof {
+		return
+	}
+	frames := 0
+	for frames < maxFramesPerEvent && !c.closed && !c.paused && !c.eof {
+		if !c.room() {
+			return
+		}
+		buf := *c.in
+		n, err := unix.Read(c.fd, buf[c.w:])
+		if n > 0 {
+			c.w += n
+			c.touch()
+			frames += c.parse()
+			continue
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			break
+		}
+		if err == nil { // end of stream: no more requests
+			c.onEOF()
+			break
+		}
+		c.close(err)
+		return
+	}
+	c.releaseIn()
+	if len(c.out) > 0 {
+		c.flush()
+	}
+}
+
+// room makes sure the input buffer has space to read into: an idle
+// connection has no buffer, a partial frame moves to the front, a frame
+// larger than the buffer gets one its size (up to the frame limit, checked
+// on its header).
+func (c *conn) room() bool {
+	if c.in == nil {
+		if bp, ok := inPool.Get().(*[]byte); ok && cap(*bp) >= c.bufSize {
+			c.in = bp
+		} else {
+			b := make([]byte, c.bufSize)
+			c.in = &b
+		}
+		*c.in = (*c.in)[:cap(*c.in)]
+	}
+	if c.w < len(*c.in) {
+		return true
+	}
+	if c.r > 0 { // move the partial frame to the front
+		c.w = copy(*c.in, (*c.in)[c.r:c.w])
+		c.r = 0
+		if c.w < len(*c.in) {
+			return true
+		}
+	}
+	need, err := protocol.FrameLen((*c.in)[:c.w], c.maxFrame)
+	if err != nil {
+		c.close(err)
+		return false
+	}
+	bigger := make([]byte, max(need, 2*len(*c.in)))
+	copy(bigger, (*c.in)[:c.w])
+	c.in = &bigger
+	return true
+}
+
+// releaseIn gives back the input buffer of a connection with nothing
+// buffered: 10,000 idle connections hold no input buffers.
+func (c *conn) releaseIn() {
+	if c.in == nil || c.r != c.w {
+		return
+	}
+	c.r, c.w = 0, 0
+	if cap(*c.in) == c.bufSize {
+		inPool.Put(c.in)
+	}
+	c.in = nil
+}
+
+// parse hands the complete frames in the input buffer to the side. It
+// stops when the side paused reading (back-pressure) or shutdown asked
+// for no more requests.
+func (c *conn) parse() int {
+	frames := 0
+	for c.r < c.w && !c.closed && !c.paused && !c.eof {
+		var f protocol.Frame
+		k, err := protocol.Parse((*c.in)[c.r:c.w], c.maxFrame, &f)
+		if err != nil {
+			c.close(err)
+			return frames
+		}
+		if k == 0 {
+			break
+		}
+		raw := (*c.in)[c.r : c.r+k]
+		c.r += k
+		frames++
+		c.side.frame(c, raw, &f)
+		if c.draining && c.r == c.w {
+			c.stopReading()
+		}
+	}
+	return frames
+}
+
+// hold counts a request in flight; at the limit, reading stops.
+func (c *conn) hold(size int) {
+	n, b := c.inflight.Add(1), c.inBytes.Add(int64(size))
+	if c.maxInFlight > 0 && (n >= c.maxInFlight || (b >= c.maxBytes && n > 1)) {
+		c.paused = true
+		c.setInterest(c.interest &^ (poller.Readable | poller.RDHup))
+	}
+}
+
+// resume re-arms reading once the connection is back under half its
+// limits (hysteresis: no flapping at the edge), after handing over the
+// frames already buffered.
+func (c *conn) resume() {
+	if !c.paused || c.closed {
+		return
+	}
+	if c.inflight.Load() > c.maxInFlight/2 || c.inBytes.Load() > c.maxBytes/2 {
+		return
+	}
+	c.paused = false
+	c.parse()
+	if !c.paused && !c.eof && !c.closed {
+		c.setInterest(c.interest | poller.Readable | poller.RDHup)
+	}
+}
+
+// onEOF: the peer sent its last byte. A partial frame is a truncated one;
+// otherwise the requests in flight finish and their replies go out before
+// the connection closes (half-close is not "close now").
+func (c *conn) onEOF() {
+	if c.r < c.w {
+		c.close(protocol.ErrTruncated)
+		return
+	}
+	c.stopReading()
+}
+
+// stopReading: no more frames will be read. Read interest goes, or
+// level-triggered epoll would report the end of stream forever.
+func (c *conn) stopReading() {
+	c.eof = true
+	c.setInterest(c.interest &^ (poller.Readable | poller.RDHup))
+	c.finish()
+}
+
+// finish closes a connection that will read no more and owes nothing.
+func (c *conn) finish() {
+	if c.eof && !c.closed && c.inflight.Load() == 0 && len(c.out) == 0 && c.ring.Len() == 0 {
+		c.close(nil)
+	}
+}
+
+// flush drains the ring into writev calls until everything is written or
+// the socket is full; then EPOLLOUT is armed and the loop resumes the
+// write when the socket drains.
+func (c *conn) flush() {
+	for !c.closed {
+		if room := iovMax - len(c.out); room > 0 {
+			c.out = c.ring.Drain(c.out, room)
+		}
+		if len(c.out) == 0 {
+			c.setInterest(c.interest &^ poller.Writable)
+			break
+		}
+		c.iov = c.iov[:0]
+		for i, bp := range c.out {
+			b := *bp
+			if i == 0 {
+				b = b[c.outOff:]
+			}
+			c.iov = append(c.iov, b)
+		}
+		n, err := unix.Writev(c.fd, c.iov)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			if err == unix.EAGAIN {
+				c.setInterest(c.interest | poller.Writable)
+				return
+			}
+			c.close(err)
+			return
+		}
+		c.l.writes.Add(1)
+		c.touch()
+		done, doneBytes := 0, 0
+		for n > 0 {
+			left := len(*c.out[done]) - c.outOff
+			if n < left {
+				c.outOff += n
+				break
+			}
+			n -= left
+			doneBytes += len(*c.out[done])
+			putBuf(c.out[done])
+			c.out[done] = nil
+			c.outOff = 0
+			done++
+		}
+		c.out = append(c.out[:0], c.out[done:]...)
+		c.l.frames.Add(int64(done))
+		if c.maxInFlight > 0 { // a server's frames each answer a request
+			c.inflight.Add(-int64(done))
+			c.inBytes.Add(-int64(doneBytes))
+		}
+		if len(c.out) > 0 { // the socket is full: wait for EPOLLOUT
+			c.setInterest(c.interest | poller.Writable)
+			return
+		}
+	}
+	c.resume()
+	c.finish()
+}
+
+func (c *conn) setInterest(ev poller.Events) {
+	if ev == c.interest || c.closed {
+		return
+	}
+	c.interest = ev
+	if err := c.l.p.Mod(c.fd, ev, c.data); err != nil {
+		c.close(err)
+	}
+}
+
+// touch moves the idle deadline: the connection made progress.
+func (c *conn) touch() {
+	if c.l.wheel != nil && !c.closed {
+		c.l.wheel.Set(c, time.Now().Add(c.l.idleTimeout))
+	}
+}
+
+// errIdle: no progress for the idle timeout.
+var errIdle = errors.New("epollbatch: idle timeout")
+
+// onIdle runs when the idle deadline passed. A connection with requests in
+// flight whose replies wait to be written is stuck on a client that does
+// not read: closed. One whose methods are still running is not idle.
+func (c *conn) onIdle() {
+	if c.closed {
+		return
+	}
+	if c.inflight.Load() > 0 && len(c.out) == 0 && c.ring.Len() == 0 {
+		c.touch()
+		return
+	}
+	c.close(errIdle)
+}
+
+// close closes the connection now (loop goroutine). Frames not yet written
+// are dropped; producers waiting on the ring are released.
+func (c *conn) close(err error) {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	if c.l.wheel != nil {
+		c.l.wheel.Remove(c)
+	}
+	c.l.p.Del(c.fd)
+	c.l.table.Remove(c.fd)
+	unix.Close(c.fd)
+	c.l.conns.Add(-1)
+	c.dropBuffers(err)
+	c.side.closed(c, err)
+}
+
+// closeNow closes a connection the loop never added (loop stopping).
+func (c *conn) closeNow(err error) {
+	c.closed = true
+	unix.Close(c.fd)
+	c.dropBuffers(err)
+	c.side.closed(c, err)
+}
+
+func (c *conn) dropBuffers(err error) {
+	if err == nil {
+		err = ErrShutdown
+	}
+	c.ring.Close(err)
+	c.out = c.ring.Drain(c.out, c.ring.Cap())
+	for _, bp := range c.out {
+		putBuf(bp)
+	}
+	c.out = nil
+	c.r, c.w = 0, 0
+	c.releaseIn()
+}

@@ -1,0 +1,39 @@
+// Package epollbatch is rpcsteps step 4, and the version to import: an RPC
+// server and client driven by epoll reactors instead of a goroutine per
+// connection. It needs Linux; on other systems NewServer and Dial exist
+// (so that programs build) but Serve and Dial return ErrUnsupported.
+//
+// A server runs a main reactor, which accepts (accept4 on its own epoll
+// instance), and N sub-reactors (WithReactors; GOMAXPROCS by default), each
+// one goroutine owning its connections: level-triggered epoll, non-blocking
+// reads into a per-connection buffer, every complete frame decoded without
+// waiting. Methods run on a bounded pool of workers (WithWorkers); replies
+// go into each connection's lock-free ring (many producers, one consumer),
+// which the connection's reactor drains into one writev. A connection with
+// too many requests in flight stops being read until replies go out; a
+// client that half-closes still gets its replies; idle connections close
+// on a timing wheel. The client multiplexes calls over one connection as
+// v3 does, with its connection driven by a reactor of its own.
+//
+// # Methods
+//
+// A server publishes the methods of the receivers given to Register, with
+// net/rpc's rules: a method is served when its receiver's type is exported
+// (or registered with RegisterName), the method is exported, it has two
+// arguments of exported or builtin types, the second a pointer, and it
+// returns an error:
+//
+//	func (t *T) MethodName(args A, reply *R) error
+//
+// It may take a [context.Context] first; the ctx carries the caller's
+// deadline, sent as the time the caller has left:
+//
+//	func (t *T) MethodName(ctx context.Context, args A, reply *R) error
+//
+// A method's error reaches the caller as a [ServerError] with its text; so
+// do a panic in the method, an unknown service or method, arguments that
+// do not decode, and a request that finds every worker busy.
+//
+// Nothing is started at import time: reactors and workers belong to a
+// Server or Client, and Close releases them.
+package epollbatch

@@ -1,0 +1,264 @@
+package epollbatch
+
+import (
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/rpcsteps/rpcsteps/shared/codec"
+	"github.com/rpcsteps/rpcsteps/shared/protocol"
+)
+
+// A ServerOption configures NewServer.
+type ServerOption interface{ applyServer(*serverOptions) }
+
+// A ClientOption configures Dial.
+type ClientOption interface{ applyClient(*clientOptions) }
+
+// An Option configures both sides: it is a ServerOption and a ClientOption.
+type Option interface {
+	ServerOption
+	ClientOption
+}
+
+type serverOptions struct {
+	maxFrameSize     int
+	logger           *slog.Logger
+	idleTimeout      time.Duration
+	bufSize          int
+	maxInFlight      int
+	maxBytesInFlight int
+	reactors         int
+	workers          int
+}
+
+type clientOptions struct {
+	maxFrameSize int
+	logger       *slog.Logger
+	codec        codec.Codec
+	dialTimeout  time.Duration
+	bufSize      int
+	conns        int
+	pingInterval time.Duration
+	maxQueued    int
+	reactors     int
+}
+
+// Defaults of the options.
+const (
+	DefaultIdleTimeout      = 2 * time.Minute
+	DefaultDialTimeout      = 10 * time.Second
+	DefaultBufferSize       = 4096
+	DefaultMaxInFlight      = 512
+	DefaultMaxBytesInFlight = 4 << 20
+	DefaultPingInterval     = 30 * time.Second
+	DefaultMaxQueuedBytes   = 4 << 20
+	DefaultWorkers          = 10_000
+	DefaultRingSize         = 1024 // frames waiting for a connection's sender
+)
+
+func newServerOptions(opts []ServerOption) serverOptions {
+	o := serverOptions{
+		maxFrameSize:     protocol.DefaultMaxFrameSize,
+		logger:           slog.New(slog.DiscardHandler),
+		idleTimeout:      DefaultIdleTimeout,
+		bufSize:          DefaultBufferSize,
+		maxInFlight:      DefaultMaxInFlight,
+		maxBytesInFlight: DefaultMaxBytesInFlight,
+		reactors:         runtime.GOMAXPROCS(0),
+		workers:          DefaultWorkers,
+	}
+	for _, opt := range opts {
+		opt.applyServer(&o)
+	}
+	return o
+}
+
+func newClientOptions(opts []ClientOption) clientOptions {
+	o := clientOptions{
+		maxFrameSize: protocol.DefaultMaxFrameSize,
+		logger:       slog.New(slog.DiscardHandler),
+		codec:        codec.Gob,
+		dialTimeout:  DefaultDialTimeout,
+		bufSize:      DefaultBufferSize,
+		conns:        1,
+		pingInterval: DefaultPingInterval,
+		maxQueued:    DefaultMaxQueuedBytes,
+		reactors:     1,
+	}
+	for _, opt := range opts {
+		opt.applyClient(&o)
+	}
+	return o
+}
+
+type maxFrameSize int
+
+func (n maxFrameSize) applyServer(o *serverOptions) { o.maxFrameSize = int(n) }
+func (n maxFrameSize) applyClient(o *clientOptions) { o.maxFrameSize = int(n) }
+
+// WithMaxFrameSize sets the largest frame, header included, this side
+// accepts (default protocol.DefaultMaxFrameSize, 16 MiB). A frame announcing
+// more is refused on its header and its connection closed. n <= 0 keeps the
+// default.
+func WithMaxFrameSize(n int) Option {
+	if n <= 0 {
+		n = protocol.DefaultMaxFrameSize
+	}
+	return maxFrameSize(n)
+}
+
+type logger struct{ l *slog.Logger }
+
+func (l logger) applyServer(o *serverOptions) { o.logger = l.l }
+func (l logger) applyClient(o *clientOptions) { o.logger = l.l }
+
+// WithLogger sends the library's logs to l. Without it (or with nil) the
+// library is silent. A server logs panics of methods at Error level and
+// failed connections at Debug level.
+func WithLogger(l *slog.Logger) Option {
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	return logger{l}
+}
+
+type clientFunc func(*clientOptions)
+
+func (f clientFunc) applyClient(o *clientOptions) { f(o) }
+
+type serverFunc func(*serverOptions)
+
+func (f serverFunc) applyServer(o *serverOptions) { f(o) }
+
+// WithCodec sets the codec of the client's requests (default codec.Gob).
+// The server answers in the codec of each request.
+func WithCodec(c codec.Codec) ClientOption {
+	return clientFunc(func(o *clientOptions) {
+		if c != nil {
+			o.codec = c
+		}
+	})
+}
+
+// WithDialTimeout bounds how long connecting may take (default
+// DefaultDialTimeout); a call's ctx deadline bounds it too.
+func WithDialTimeout(d time.Duration) ClientOption {
+	return clientFunc(func(o *clientOptions) {
+		if d > 0 {
+			o.dialTimeout = d
+		}
+	})
+}
+
+// WithIdleTimeout bounds how long a server waits on a connection for
+// progress: for a request to arrive while none is in flight, and for the
+// client to take its replies (default DefaultIdleTimeout). A connection that
+// makes none in that time is closed, so a peer that vanished or never reads
+// costs nothing for long. A client's pings count as traffic.
+func WithIdleTimeout(d time.Duration) ServerOption {
+	return serverFunc(func(o *serverOptions) {
+		if d > 0 {
+			o.idleTimeout = d
+		}
+	})
+}
+
+type bufSize int
+
+func (n bufSize) applyServer(o *serverOptions) { o.bufSize = int(n) }
+func (n bufSize) applyClient(o *clientOptions) { o.bufSize = int(n) }
+
+// WithBufferSize sets the size of the read buffer each connection owns for
+// its whole life (default DefaultBufferSize). Larger frames are read through
+// it in pieces.
+func WithBufferSize(n int) Option {
+	if n <= 0 {
+		n = DefaultBufferSize
+	}
+	return bufSize(n)
+}
+
+// WithConns sets how many connections the client spreads its calls over
+// (default 1). One connection carries any number of calls at once; a few
+// can help when one connection's reader or writer becomes the bottleneck.
+func WithConns(n int) ClientOption {
+	return clientFunc(func(o *clientOptions) {
+		if n > 0 {
+			o.conns = n
+		}
+	})
+}
+
+// WithPingInterval sets how long a connection may stay silent before the
+// client sends a ping (default DefaultPingInterval). A connection that stays
+// silent for two intervals more (no pong, no reply) is declared dead: its
+// calls fail and the next call connects again. 0 or less disables pings.
+func WithPingInterval(d time.Duration) ClientOption {
+	return clientFunc(func(o *clientOptions) { o.pingInterval = d })
+}
+
+// WithMaxQueuedBytes bounds the encoded requests waiting for the writer of
+// one connection (default DefaultMaxQueuedBytes). Past it, Call and Notify
+// wait for room (as long as their ctx allows) and Go waits on a goroutine of
+// its own, so that a server that stops reading cannot make the client grow
+// without bound.
+func WithMaxQueuedBytes(n int) ClientOption {
+	return clientFunc(func(o *clientOptions) {
+		if n > 0 {
+			o.maxQueued = n
+		}
+	})
+}
+
+// WithMaxInFlight bounds the requests of one connection that the server has
+// read but whose reply it has not yet written (default DefaultMaxInFlight).
+// At the bound the server stops reading that connection until replies go
+// out: back-pressure, instead of more goroutines and memory.
+func WithMaxInFlight(n int) ServerOption {
+	return serverFunc(func(o *serverOptions) {
+		if n > 0 {
+			o.maxInFlight = n
+		}
+	})
+}
+
+// WithMaxBytesInFlight is WithMaxInFlight counted in bytes: the requests read
+// and the replies not yet written, of one connection (default
+// DefaultMaxBytesInFlight). One request is always let in, however large
+// (up to the frame limit).
+func WithMaxBytesInFlight(n int) ServerOption {
+	return serverFunc(func(o *serverOptions) {
+		if n > 0 {
+			o.maxBytesInFlight = n
+		}
+	})
+}
+
+type reactors int
+
+func (n reactors) applyServer(o *serverOptions) { o.reactors = int(n) }
+func (n reactors) applyClient(o *clientOptions) { o.reactors = int(n) }
+
+// WithReactors sets how many sub-reactors (epoll goroutines) serve the
+// connections: by default GOMAXPROCS for a server and 1 for a client. Each
+// connection belongs to one sub-reactor for its whole life.
+func WithReactors(n int) Option {
+	if n <= 0 {
+		n = 1
+	}
+	return reactors(n)
+}
+
+// WithWorkers bounds the goroutines that run a server's methods (default
+// DefaultWorkers). They are started on demand and leave when idle. A
+// request that finds every worker busy is answered at once with a
+// ServerError ("server overloaded"), never dropped and never queued on the
+// reactor.
+func WithWorkers(n int) ServerOption {
+	return serverFunc(func(o *serverOptions) {
+		if n > 0 {
+			o.workers = n
+		}
+	})
+}
