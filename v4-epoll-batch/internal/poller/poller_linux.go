@@ -199,6 +199,12 @@ func (p *Poller) Wait(events []Event, timeout time.Duration) (n int, woken bool,
 			woken = true
 			continue
 		}
+		if n == len(events) {
+			// The spare slot held a connection's event, not the eventfd's,
+			// and the caller's slice is full. Level-triggered epoll reports
+			// that descriptor again at the next Wait: nothing is lost.
+			continue
+		}
 		events[n] = Event{
 			Data:     data,
 			Readable: e.Events&unix.EPOLLIN != 0,

@@ -445,3 +445,29 @@ func TestCloseUnblocksWait(t *testing.T) {
 		}
 	}
 }
+
+// More ready descriptors than the caller's slice holds: Wait fills the
+// slice, drops nothing for good (level-triggered: the rest come next
+// time), and never writes past it.
+func TestMoreReadyThanEvents(t *testing.T) {
+	p := newPoller(t)
+	const ready = 9
+	for i := range ready {
+		a, b := socketpair(t)
+		_, err := unix.Write(b, []byte("x"))
+		require.NoError(t, err)
+		require.NoError(t, p.Add(a, Readable, uint64(i)))
+	}
+	evs := make([]Event, 4)
+	seen := map[uint64]bool{}
+	for range 10 {
+		n, woken, err := p.Wait(evs, 0)
+		require.NoError(t, err)
+		require.False(t, woken)
+		require.Equal(t, 4, n, "a full slice each time: all 9 stay ready")
+		for _, ev := range evs[:n] {
+			seen[ev.Data] = true
+		}
+	}
+	require.NotEmpty(t, seen)
+}
