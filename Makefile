@@ -62,7 +62,8 @@ bench-all: ## the benchmark grid, saved in results/, compared with benchstat
 	status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status; \
 	cp $$out $(RESULTS)/latest.txt; \
 	echo; echo "== go tool benchstat -col /impl $$out"; \
-	$(GO) tool benchstat -col /impl $$out
+	$(GO) tool benchstat -col /impl $$out || exit $$?; \
+	echo; echo "== plots of $$out in docs/img"; $(GO) run ./benchcmp/cmd/plots -in $$out -out docs/img
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZTIME each
@@ -90,3 +91,20 @@ diff: ## the step between two versions: make diff FROM=v1 TO=v2
 	git --no-pager diff --no-index --stat $$from $$to; \
 	git --no-pager diff --no-index $$from $$to; \
 	status=$$?; [ $$status -le 1 ] || exit $$status
+
+# loadgen: each implementation's server in a child process, so that the
+# latencies are not shared with the client's scheduler and GC. The grid is
+# 3 caller counts x every implementation x LOADGEN_DURATION.
+LOADGEN_DURATION ?= 5s
+
+.PHONY: loadgen
+loadgen: ## cross-process load: every impl x callers 1, 64, 1024 at 64 B, LOADGEN_DURATION (5s) each
+	@mkdir -p $(RESULTS)
+	@out=$(RESULTS)/loadgen-$$(date -u +%Y%m%dT%H%M%SZ).txt; \
+	echo "== loadgen: every implementation x callers 1, 64, 1024, 64 B payloads, $(LOADGEN_DURATION) each; output also in $$out"; \
+	$(GO) run ./benchcmp/cmd/loadgen -impl all -callers 1,64,1024 -size 64 -duration $(LOADGEN_DURATION) | tee $$out; \
+	exit $${PIPESTATUS[0]}
+
+.PHONY: plots
+plots: ## draw results/latest.txt (make bench-all) into docs/img
+	$(GO) run ./benchcmp/cmd/plots -in $(RESULTS)/latest.txt -out docs/img

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/rpcsteps/rpcsteps/benchcmp"
+)
+
+// The end-to-end test re-executes the test binary as the server child,
+// as loadgen re-executes itself: the child runs main before any test.
+func init() {
+	if len(os.Args) == 3 && os.Args[1] == "-"+serveFlag {
+		main()
+		os.Exit(0)
+	}
+}
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestParseFlags(t *testing.T) {
+	var out bytes.Buffer
+	cfg, err := parseFlags(nil, &out)
+	require.NoError(t, err)
+	require.Equal(t, "v3", cfg.impls[0].Name)
+	require.Equal(t, []int{64}, cfg.callers)
+	require.Equal(t, 64, cfg.size)
+	require.Equal(t, "Echo.Echo", cfg.method)
+
+	cfg, err = parseFlags(strings.Fields("-impl all -callers 1,64,1024 -size 4096 -duration 2s -method sleep"), &out)
+	require.NoError(t, err)
+	require.Len(t, cfg.impls, len(benchcmp.Impls()))
+	require.Equal(t, []int{1, 64, 1024}, cfg.callers)
+	require.Equal(t, 4096, cfg.size)
+	require.Equal(t, 2*time.Second, cfg.duration)
+	require.Equal(t, "Echo.Sleep", cfg.method)
+
+	for args, want := range map[string]string{
+		"-impl v9":             `-impl "v9": want one of netrpc, v1`,
+		"-callers 0":           "-callers",
+		"-callers 8,x":         "want whole numbers",
+		"-callers -3":          "from 1 to",
+		"-size 4":              "at least 8 bytes",
+		"-duration 0s":         "positive duration",
+		"-duration -1s":        "positive duration",
+		"-method ping":         `-method "ping": want echo or sleep`,
+		"-callers 4 extra":     "unexpected arguments",
+		"-duration 5":          "invalid value",
+		"-nosuchflag":          "not defined",
+		"-" + serveFlag + " x": `-impl "x"`,
+	} {
+		_, err := parseFlags(strings.Fields(args), &out)
+		require.ErrorContains(t, err, want, args)
+	}
+
+	// The usage lists the flags, but not the child's.
+	out.Reset()
+	_, err = parseFlags([]string{"-h"}, &out)
+	require.Error(t, err)
+	require.Contains(t, out.String(), "-callers")
+	require.NotContains(t, out.String(), "-"+serveFlag)
+}
+
+func TestSummarize(t *testing.T) {
+	spec := runSpec{impl: benchcmp.Impl{Name: "v3"}, method: "Echo.Echo", callers: 4, size: 64}
+	var lat []time.Duration
+	for i := range 1000 {
+		lat = append(lat, time.Duration(1000-i)*time.Microsecond) // unsorted
+	}
+	s := summarize(spec, lat, 2*time.Second)
+	require.EqualValues(t, 1000, s.calls)
+	require.InDelta(t, 500, s.callsPerSec, 1e-9)
+	require.Equal(t, 500*time.Microsecond, s.p50)
+	require.Equal(t, 990*time.Microsecond, s.p99)
+	require.Equal(t, 999*time.Microsecond, s.p999)
+	require.Equal(t, time.Millisecond, s.maxLat)
+	require.Contains(t, s.String(), "1000 calls in 2s: 500 calls/s; latency p50 500µs  p99 990µs  p99.9 999µs  max 1.00ms; 0 errors")
+
+	empty := summarize(spec, nil, 0)
+	require.Zero(t, empty.callsPerSec)
+	require.Zero(t, empty.p99)
+
+	var b bytes.Buffer
+	printTable(&b, []*summary{s, empty})
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	require.Len(t, lines, 3)
+	require.Regexp(t, `impl +method +size +callers +calls/s +p50 +p99 +p99\.9 +max +errors`, lines[0])
+	require.Regexp(t, `v3 +Echo.Echo +64 +4 +500 +500µs +990µs +999µs +1.00ms +0`, lines[1])
+}
+
+func TestFmtDur(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		0:                        "0ns",
+		812 * time.Nanosecond:    "812ns",
+		81234 * time.Nanosecond:  "81µs",
+		1254 * time.Microsecond:  "1.25ms",
+		16610 * time.Microsecond: "16.6ms",
+		2500 * time.Millisecond:  "2.50s",
+	} {
+		require.Equal(t, want, fmtDur(d), d.String())
+	}
+}
+
+// The whole path: a server child, one client, callers for a moment.
+func TestRunAgainstChild(t *testing.T) {
+	self, err := os.Executable()
+	require.NoError(t, err)
+	im, err := benchcmp.Lookup("v3")
+	require.NoError(t, err)
+	var out bytes.Buffer
+	p := &progress{w: &out}
+	spec := runSpec{impl: im, method: "Echo.Echo", callers: 4, size: 64, duration: 1200 * time.Millisecond}
+	s, err := runAgainstChild(context.Background(), self, spec, p)
+	require.NoError(t, err)
+	require.Positive(t, s.calls)
+	require.Zero(t, s.errors)
+	require.Positive(t, s.p50)
+	require.LessOrEqual(t, s.p50, s.p99)
+	require.LessOrEqual(t, s.p99, s.p999)
+	require.Contains(t, out.String(), "calls/s in the last second\n")
+
+	// A cancelled run ends at once and says so.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s, err = runAgainstChild(ctx, self, spec, p)
+	require.NoError(t, err)
+	require.True(t, s.interrupted)
+}
