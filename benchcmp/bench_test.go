@@ -60,6 +60,39 @@ func BenchmarkSleep(b *testing.B) {
 	}
 }
 
+// ManyClients is the many-connections workload: that many clients, each
+// with one caller, all on one server.
+const ManyClients = 1000
+
+// BenchmarkConns: ManyClients clients, one caller each, 64 B echo. Where
+// the grid above shares one client, this gives the server a connection per
+// caller (v1: a connection per call).
+func BenchmarkConns(b *testing.B) {
+	for _, im := range Impls() {
+		name := fmt.Sprintf("impl=%s/size=64/clients=%d", im.Name, ManyClients)
+		b.Run(name, func(b *testing.B) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(b, err)
+			stop, err := im.Serve(ln)
+			require.NoError(b, err)
+			defer stop()
+			clients := make([]Client, ManyClients)
+			for i := range clients {
+				clients[i], err = im.Dial(ln.Addr().String())
+				require.NoError(b, err)
+				defer clients[i].Close()
+			}
+			b.ReportAllocs()
+			res, err := DriveClients(context.Background(), clients, "Echo.Echo", ManyClients, 64, int64(b.N), b.ResetTimer)
+			b.StopTimer()
+			require.NoError(b, err)
+			b.ReportMetric(res.CallsPerSec(), "calls/s")
+			b.ReportMetric(float64(res.Percentile(0.50).Nanoseconds()), "p50-ns")
+			b.ReportMetric(float64(res.Percentile(0.99).Nanoseconds()), "p99-ns")
+		})
+	}
+}
+
 func bench(b *testing.B, im Impl, method string, callers, size int) {
 	c := start(b, im)
 	b.ReportAllocs()

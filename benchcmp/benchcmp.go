@@ -116,6 +116,13 @@ func (r *Result) Percentile(p float64) time.Duration {
 // It allocates what it needs before it starts the clock, so that the
 // allocations counted during a run are the implementation's own.
 func Drive(ctx context.Context, c Client, method string, callers, size int, calls int64, start func()) (*Result, error) {
+	return DriveClients(ctx, []Client{c}, method, callers, size, calls, start)
+}
+
+// DriveClients is Drive with the callers spread over several clients:
+// caller i uses clients[i % len(clients)]. With as many clients as callers,
+// each caller has a client, and so a connection, of its own.
+func DriveClients(ctx context.Context, clients []Client, method string, callers, size int, calls int64, start func()) (*Result, error) {
 	if size < 8 {
 		return nil, errors.New("benchcmp: payloads are at least 8 bytes (they carry the call number)")
 	}
@@ -144,6 +151,7 @@ func Drive(ctx context.Context, c Client, method string, callers, size int, call
 	ready := make(chan struct{})
 	for i := range cs {
 		cl := &cs[i]
+		c := clients[i%len(clients)]
 		wg.Go(func() {
 			<-ready
 			for {

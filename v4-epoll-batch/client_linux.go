@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -30,7 +32,8 @@ type Client struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	loops []*loop
+	loops       []*loop
+	sharedLoops bool // loops belong to the shared group
 
 	mu    sync.Mutex
 	slots []slot
@@ -63,14 +66,22 @@ func Dial(network, address string, opts ...ClientOption) (*Client, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Client{network: network, address: address, opts: newClientOptions(opts), ctx: ctx, cancel: cancel}
 	c.slots = make([]slot, c.opts.conns)
-	for range c.opts.reactors {
-		l, err := newLoop(c.opts.logger, 0)
+	if c.opts.reactors > 0 { // reactors of its own
+		for range c.opts.reactors {
+			l, err := newLoop(c.opts.logger, 0)
+			if err != nil {
+				c.Close()
+				return nil, err
+			}
+			c.loops = append(c.loops, l)
+			go l.run()
+		}
+	} else { // the reactors all clients share
+		loops, err := shared.acquire()
 		if err != nil {
-			c.Close()
 			return nil, err
 		}
-		c.loops = append(c.loops, l)
-		go l.run()
+		c.loops, c.sharedLoops = loops, true
 	}
 	dctx, dcancel := context.WithTimeout(ctx, c.opts.dialTimeout)
 	defer dcancel()
@@ -145,10 +156,64 @@ func (c *Client) Close() error {
 	for _, cc := range conns {
 		cc.fail(ErrShutdown)
 	}
-	for _, l := range c.loops {
-		l.stop()
+	c.mu.Lock()
+	loops, sharedLoops := c.loops, c.sharedLoops
+	c.loops = nil
+	c.mu.Unlock()
+	if sharedLoops && loops != nil {
+		shared.release()
+	} else {
+		for _, l := range loops {
+			l.stop()
+		}
 	}
 	return nil
+}
+
+// sharedLoops are the reactors that clients share unless WithReactors
+// gives them their own: GOMAXPROCS of them, started by the first Dial and
+// stopped when the last Client closes, so that nothing runs at import time
+// or after the last client. A thousand clients then cost GOMAXPROCS
+// reactor goroutines, not a thousand.
+type sharedLoops struct {
+	mu    sync.Mutex
+	refs  int
+	loops []*loop
+	next  atomic.Uint64
+}
+
+var shared sharedLoops
+
+func (s *sharedLoops) acquire() ([]*loop, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refs == 0 {
+		for range runtime.GOMAXPROCS(0) {
+			l, err := newLoop(slog.New(slog.DiscardHandler), 0)
+			if err != nil {
+				for _, l := range s.loops {
+					l.stop()
+				}
+				s.loops = nil
+				return nil, err
+			}
+			s.loops = append(s.loops, l)
+			go l.run()
+		}
+	}
+	s.refs++
+	return s.loops, nil
+}
+
+func (s *sharedLoops) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refs--; s.refs == 0 {
+		for _, l := range s.loops {
+			l.stop()
+		}
+		s.loops = nil
+	}
 }
 
 // Stats returns figures of the client's connections.
@@ -162,7 +227,10 @@ func (c *Client) Stats() Stats {
 		}
 	}
 	c.mu.Unlock()
-	for _, l := range c.loops {
+	c.mu.Lock()
+	loops := c.loops
+	c.mu.Unlock()
+	for _, l := range loops { // with shared reactors: every client's writes
 		st.Writes += l.writes.Load()
 		st.Frames += l.frames.Load()
 	}
@@ -266,7 +334,18 @@ func (c *Client) dial(ctx context.Context, i int) (*clientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := c.loops[i%len(c.loops)]
+	c.mu.Lock()
+	loops, sharedLoops := c.loops, c.sharedLoops
+	c.mu.Unlock()
+	if len(loops) == 0 {
+		return nil, ErrShutdown
+	}
+	var l *loop
+	if sharedLoops { // spread every client's connections over the group
+		l = loops[shared.next.Add(1)%uint64(len(loops))]
+	} else {
+		l = loops[i%len(loops)]
+	}
 	cc := &clientConn{cl: c, pending: make(map[uint64]*Call)}
 	cc.c, err = newConn(l, fd, cc, c.opts.maxFrameSize, c.opts.bufSize)
 	if err != nil {

@@ -84,7 +84,6 @@ func newClientOptions(opts []ClientOption) clientOptions {
 		conns:        1,
 		pingInterval: DefaultPingInterval,
 		maxQueued:    DefaultMaxQueuedBytes,
-		reactors:     1,
 	}
 	for _, opt := range opts {
 		opt.applyClient(&o)
@@ -241,8 +240,10 @@ func (n reactors) applyServer(o *serverOptions) { o.reactors = int(n) }
 func (n reactors) applyClient(o *clientOptions) { o.reactors = int(n) }
 
 // WithReactors sets how many sub-reactors (epoll goroutines) serve the
-// connections: by default GOMAXPROCS for a server and 1 for a client. Each
-// connection belongs to one sub-reactor for its whole life.
+// connections. A server has GOMAXPROCS of its own by default. Clients share
+// one group of GOMAXPROCS reactors by default (started by the first Dial,
+// stopped when the last Client closes); with this option a client has n
+// of its own. Each connection belongs to one reactor for its whole life.
 func WithReactors(n int) Option {
 	if n <= 0 {
 		n = 1
