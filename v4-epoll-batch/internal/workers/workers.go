@@ -62,17 +62,28 @@ func (p *Pool) TrySubmit(task func()) bool {
 func (p *Pool) work(task func()) {
 	defer p.wg.Done()
 	defer p.running.Add(-1)
+	// The idle timer is not reset per task (that takes a timer lock on
+	// every request): a worker notes that it worked, and leaves when the
+	// timer fires twice in a row without work in between. It leaves after
+	// one to two idle periods.
 	timer := time.NewTimer(p.idle)
 	defer timer.Stop()
+	worked := false
 	for {
-		p.busy.Add(1)
-		task()
-		p.busy.Add(-1)
-		timer.Reset(p.idle)
+		if task != nil {
+			p.busy.Add(1)
+			task()
+			p.busy.Add(-1)
+			task, worked = nil, true
+		}
 		select {
 		case task = <-p.tasks:
 		case <-timer.C:
-			return
+			if !worked {
+				return
+			}
+			worked = false
+			timer.Reset(p.idle)
 		case <-p.done:
 			return
 		}
