@@ -12,6 +12,10 @@ import (
 	"github.com/rpcsteps/rpcsteps/v4-epoll-batch/internal/timewheel"
 )
 
+// errPeerGone: epoll reported a hang-up or an error on a connection that
+// no longer reads.
+var errPeerGone = errors.New("epollbatch: peer hung up")
+
 // maxEvents is how many readiness events one epoll_wait returns at most.
 const maxEvents = 256
 
@@ -152,6 +156,14 @@ func (l *loop) run() {
 			c, ok := l.table.Get(ev.Data)
 			if !ok {
 				continue // a stale event: the fd was closed, maybe reused
+			}
+			if (ev.Hup || ev.Err) && (c.paused || c.eof) {
+				// The peer is gone (hung up or reset) while we no longer
+				// read: no reply can reach it. epoll reports HUP and ERR
+				// whatever the interest set, so without this the loop
+				// would be told again and again, and spin.
+				c.close(errPeerGone)
+				continue
 			}
 			if ev.Readable || ev.RDHup || ev.Hup || ev.Err {
 				c.onReadable()
