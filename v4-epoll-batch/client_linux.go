@@ -356,6 +356,7 @@ func (c *Client) dial(ctx context.Context, i int) (*clientConn, error) {
 		unix.Close(fd)
 		return nil, ErrShutdown
 	}
+	cc.startHeartbeat()
 	return cc, nil
 }
 

@@ -20,9 +20,55 @@ type clientConn struct {
 	c   *conn
 	seq atomic.Uint64
 
-	mu      sync.Mutex
-	pending map[uint64]*Call
-	err     error // why the connection is dead; nil while alive
+	mu        sync.Mutex
+	pending   map[uint64]*Call
+	err       error       // why the connection is dead; nil while alive
+	lastRecv  time.Time   // when a frame last arrived
+	pingSent  time.Time   // when the outstanding ping left; zero if none
+	heartbeat *time.Timer // a timer, not a goroutine, per connection
+}
+
+// errNoPong: a connection silent for too long, even to a ping.
+var errNoPong = errors.New("epollbatch: connection silent: no reply to ping")
+
+// startHeartbeat arms the ping timer (WithPingInterval; 0 disables).
+func (cc *clientConn) startHeartbeat() {
+	d := cc.cl.opts.pingInterval
+	if d <= 0 {
+		return
+	}
+	cc.mu.Lock()
+	cc.lastRecv = time.Now()
+	cc.heartbeat = time.AfterFunc(d, cc.beat)
+	cc.mu.Unlock()
+}
+
+// beat pings a connection silent for an interval, and declares it dead when
+// a ping has gone unanswered for two more.
+func (cc *clientConn) beat() {
+	d := cc.cl.opts.pingInterval
+	cc.mu.Lock()
+	if cc.err != nil {
+		cc.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	if !cc.pingSent.IsZero() && now.Sub(cc.pingSent) >= 2*d {
+		cc.mu.Unlock()
+		cc.fail(errNoPong)
+		return
+	}
+	if cc.pingSent.IsZero() && now.Sub(cc.lastRecv) >= d {
+		bp := getBuf()
+		*bp, _ = protocol.AppendFrame((*bp)[:0], &protocol.Header{Type: protocol.TypePing, Seq: cc.seq.Add(1)}, "", "", nil)
+		if cc.c.trySend(bp) { // a full ring means traffic: no ping needed
+			cc.pingSent = now
+		} else {
+			putBuf(bp)
+		}
+	}
+	cc.heartbeat.Reset(d)
+	cc.mu.Unlock()
 }
 
 func (cc *clientConn) alive() bool {
@@ -119,6 +165,9 @@ func (cc *clientConn) fail(err error) {
 	cc.err = err
 	pending := cc.pending
 	cc.pending = nil
+	if cc.heartbeat != nil {
+		cc.heartbeat.Stop()
+	}
 	cc.mu.Unlock()
 	cc.c.requestClose(err)
 	for _, call := range pending {
@@ -148,11 +197,15 @@ func (cc *clientConn) frame(c *conn, _ []byte, f *protocol.Frame) {
 		cc.mu.Lock()
 		call := cc.pending[f.Seq]
 		delete(cc.pending, f.Seq)
+		cc.lastRecv, cc.pingSent = time.Now(), time.Time{}
 		cc.mu.Unlock()
 		if call != nil {
 			call.complete(cc.finish(call, f))
 		}
 	case protocol.TypePong:
+		cc.mu.Lock()
+		cc.lastRecv, cc.pingSent = time.Now(), time.Time{}
+		cc.mu.Unlock()
 	default:
 		c.close(fmt.Errorf("epollbatch: unexpected %s frame from the server", f.Type))
 	}
