@@ -108,3 +108,8 @@ loadgen: ## cross-process load: every impl x callers 1, 64, 1024 at 64 B, LOADGE
 .PHONY: plots
 plots: ## draw results/latest.txt (make bench-all) into docs/img
 	$(GO) run ./benchcmp/cmd/plots -in $(RESULTS)/latest.txt -out docs/img
+
+.PHONY: connscale
+connscale: ## goroutines and memory per idle connection, v3 against v4 (up to 9,000 connections)
+	@mkdir -p $(RESULTS)
+	$(GO) run ./benchcmp/cmd/connscale -impl v3,v4 -conns 100,1000,9000 -out $(RESULTS)/connscale.txt

@@ -54,7 +54,7 @@ const (
 	DefaultPingInterval     = 30 * time.Second
 	DefaultMaxQueuedBytes   = 4 << 20
 	DefaultWorkers          = 10_000
-	DefaultRingSize         = 1024 // frames waiting for a connection's sender
+	DefaultRingSize         = 128 // frames waiting for a connection's reactor to write them
 )
 
 func newServerOptions(opts []ServerOption) serverOptions {
