@@ -13,7 +13,8 @@
 // too many requests in flight stops being read until replies go out; a
 // client that half-closes still gets its replies; idle connections close
 // on a timing wheel. The client multiplexes calls over one connection as
-// v3 does, with its connection driven by a reactor of its own.
+// v3 does, its connection driven by reactors that all clients share
+// (started by the first Dial, stopped when the last Client closes).
 //
 // # Methods
 //
@@ -34,6 +35,7 @@
 // do a panic in the method, an unknown service or method, arguments that
 // do not decode, and a request that finds every worker busy.
 //
-// Nothing is started at import time: reactors and workers belong to a
-// Server or Client, and Close releases them.
+// Nothing is started at import time: a Server's reactors and workers start
+// with Serve and stop with Close; the clients' shared reactors start with
+// the first Dial and stop when the last Client closes.
 package epollbatch
