@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -111,37 +110,6 @@ func TestServerClosesAfterOneReply(t *testing.T) {
 	require.Equal(t, uint64(1), f.Seq)
 	_, err = protocol.ReadFrame(br, 0, &f, nil)
 	require.Error(t, err, "no second reply: the connection is closed")
-}
-
-func TestPing(t *testing.T) {
-	addr := serve(t, newEchoServer(t), nil)
-	conn, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	defer conn.Close()
-	ping, err := protocol.AppendFrame(nil, &protocol.Header{Type: protocol.TypePing, Seq: 9}, "", "", nil)
-	require.NoError(t, err)
-	_, err = conn.Write(ping)
-	require.NoError(t, err)
-	var f protocol.Frame
-	_, err = protocol.ReadFrame(bufio.NewReader(conn), 0, &f, nil)
-	require.NoError(t, err)
-	require.Equal(t, protocol.TypePong, f.Type)
-	require.Equal(t, uint64(9), f.Seq)
-}
-
-// A connection that brings no request within the idle timeout is closed.
-func TestIdleTimeout(t *testing.T) {
-	addr := serve(t, newEchoServer(t, WithIdleTimeout(50*time.Millisecond)), nil)
-	conn, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	defer conn.Close()
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	start := time.Now()
-	_, err = conn.Read(make([]byte, 1))
-	require.Error(t, err)
-	var ne net.Error
-	require.False(t, errors.As(err, &ne) && ne.Timeout(), "closed by the server, not by our deadline: %v", err)
-	require.Less(t, time.Since(start), 4*time.Second)
 }
 
 // Shutdown waits for a request that has begun to arrive, and answers it.

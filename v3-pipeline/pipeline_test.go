@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -137,48 +136,6 @@ func TestServerServesManyRequests(t *testing.T) {
 		seen[f.Seq] = true
 	}
 	require.Len(t, seen, 50)
-}
-
-func TestPing(t *testing.T) {
-	addr := serve(t, newEchoServer(t), nil)
-	conn, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	defer conn.Close()
-	ping, err := protocol.AppendFrame(nil, &protocol.Header{Type: protocol.TypePing, Seq: 9}, "", "", nil)
-	require.NoError(t, err)
-	_, err = conn.Write(ping)
-	require.NoError(t, err)
-	var f protocol.Frame
-	_, err = protocol.ReadFrame(bufio.NewReader(conn), 0, &f, nil)
-	require.NoError(t, err)
-	require.Equal(t, protocol.TypePong, f.Type)
-	require.Equal(t, uint64(9), f.Seq)
-}
-
-// A connection that brings no request within the idle timeout is closed,
-// whether it never sent one or has gone quiet after some.
-func TestIdleTimeout(t *testing.T) {
-	addr := serve(t, newEchoServer(t, WithIdleTimeout(50*time.Millisecond)), nil)
-	for _, requests := range []uint64{0, 2} {
-		conn, err := net.Dial("tcp", addr)
-		require.NoError(t, err)
-		defer conn.Close()
-		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		br := bufio.NewReader(conn)
-		for seq := range requests {
-			_, err = conn.Write(rawRequest(t, seq))
-			require.NoError(t, err)
-			var f protocol.Frame
-			_, err = protocol.ReadFrame(br, 0, &f, nil)
-			require.NoError(t, err)
-		}
-		start := time.Now()
-		_, err = br.ReadByte()
-		require.Error(t, err)
-		var ne net.Error
-		require.False(t, errors.As(err, &ne) && ne.Timeout(), "closed by the server, not by our deadline: %v", err)
-		require.Less(t, time.Since(start), 4*time.Second)
-	}
 }
 
 // Shutdown waits for a request that has begun to arrive, and answers it.

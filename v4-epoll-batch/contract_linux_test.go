@@ -31,6 +31,9 @@ func serverOpts(o contracttest.Options) []ServerOption {
 	if o.MaxFrameSize != 0 {
 		opts = append(opts, WithMaxFrameSize(o.MaxFrameSize))
 	}
+	if o.IdleTimeout != 0 {
+		opts = append(opts, WithIdleTimeout(o.IdleTimeout))
+	}
 	if o.Logger != nil {
 		opts = append(opts, WithLogger(o.Logger))
 	}

@@ -217,3 +217,46 @@ func testNeverReads(t *testing.T, v Version) {
 
 	add(t, e.dial(Options{}), 1, 2)
 }
+
+// A ping frame is answered with a pong carrying its sequence ID: the
+// liveness probe of long connections (v3 on), answered by every version.
+func testPing(t *testing.T, v Version) {
+	e := start(t, v, Options{})
+	conn := e.raw()
+	ping, err := protocol.AppendFrame(nil, &protocol.Header{Type: protocol.TypePing, Seq: 9}, "", "", nil)
+	require.NoError(t, err)
+	_, err = conn.Write(ping)
+	require.NoError(t, err)
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(guard)))
+	var f protocol.Frame
+	_, err = protocol.ReadFrame(bufio.NewReader(conn), 0, &f, nil)
+	require.NoError(t, err)
+	require.Equal(t, protocol.TypePong, f.Type)
+	require.Equal(t, uint64(9), f.Seq)
+}
+
+// A connection that brings no request within the server's idle timeout is
+// closed by the server, whether it never sent one or has gone quiet after
+// a call (where the version keeps connections at all).
+func testIdleTimeout(t *testing.T, v Version) {
+	e := start(t, v, Options{IdleTimeout: 50 * time.Millisecond})
+	for _, calls := range []int{0, 1} {
+		conn := e.raw()
+		br := bufio.NewReader(conn)
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(guard)))
+		for range calls {
+			_, err := conn.Write(validRequest(t))
+			require.NoError(t, err)
+			var f protocol.Frame
+			_, err = protocol.ReadFrame(br, 0, &f, nil)
+			require.NoError(t, err)
+		}
+		start := time.Now()
+		_, err := br.ReadByte()
+		require.Error(t, err)
+		ne, ok := errors.AsType[net.Error](err)
+		require.False(t, ok && ne.Timeout(), "closed by the server, not by our deadline: %v", err)
+		require.Less(t, time.Since(start), guard)
+	}
+	add(t, e.dial(Options{}), 1, 2)
+}

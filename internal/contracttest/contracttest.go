@@ -65,6 +65,8 @@ func Run(t *testing.T, v Version) {
 		{"BadInput", testBadInput},
 		{"UnknownCodec", testUnknownCodec},
 		{"HalfClose", testHalfClose},
+		{"Ping", testPing},
+		{"IdleTimeout", testIdleTimeout},
 		{"VanishMidFrame", testVanishMidFrame},
 		{"NeverReads", testNeverReads},
 	}

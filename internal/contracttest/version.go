@@ -9,6 +9,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/rpcsteps/rpcsteps/shared/codec"
 )
@@ -37,9 +38,10 @@ type Client interface {
 // which turn them into its functional options. Zero values mean "not given":
 // the version's defaults apply.
 type Options struct {
-	MaxFrameSize int          // WithMaxFrameSize, both sides
-	Logger       *slog.Logger // WithLogger, both sides
-	Codec        codec.Codec  // WithCodec, client only
+	MaxFrameSize int           // WithMaxFrameSize, both sides
+	IdleTimeout  time.Duration // WithIdleTimeout, server only (every version has it)
+	Logger       *slog.Logger  // WithLogger, both sides
+	Codec        codec.Codec   // WithCodec, client only
 }
 
 // Version describes one version to the suite.
