@@ -113,3 +113,4 @@ plots: ## draw results/latest.txt (make bench-all) into docs/img
 connscale: ## goroutines and memory per idle connection, v3 against v4 (up to 9,000 connections)
 	@mkdir -p $(RESULTS)
 	$(GO) run ./benchcmp/cmd/connscale -impl v3,v4 -conns 100,1000,9000 -out $(RESULTS)/connscale.txt
+	$(GO) run ./benchcmp/cmd/plots -in $(RESULTS)/latest.txt -conns $(RESULTS)/connscale.txt -out docs/img

@@ -84,7 +84,9 @@ func run(w io.Writer, impls, counts, out string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "goos: %s\ngoarch: %s\npkg: github.com/rpcsteps/rpcsteps/benchcmp/cmd/connscale\n", runtime.GOOS, runtime.GOARCH)
 	for _, c := range costs {
-		fmt.Fprintf(&b, "BenchmarkConnScale/impl=%s/conns=%d 1 %.2f goroutines/conn %.0f bytes/conn\n", c.Impl, c.Conns, c.GoroutinesPerConn, c.BytesPerConn)
+		// The -N suffix is GOMAXPROCS, as go test writes it.
+		fmt.Fprintf(&b, "BenchmarkConnScale/impl=%s/conns=%d-%d 1 %.2f goroutines/conn %.0f bytes/conn\n",
+			c.Impl, c.Conns, runtime.GOMAXPROCS(0), c.GoroutinesPerConn, c.BytesPerConn)
 	}
 	return os.WriteFile(out, []byte(b.String()), 0o644)
 }

@@ -22,7 +22,7 @@ func TestConnScale(t *testing.T) {
 	require.Contains(t, out.String(), "v4         50 connections:   0.00 goroutines")
 	b, err := os.ReadFile(file)
 	require.NoError(t, err)
-	require.Contains(t, string(b), "BenchmarkConnScale/impl=v4/conns=50 1 0.00 goroutines/conn")
+	require.Contains(t, string(b), "BenchmarkConnScale/impl=v4/conns=50-")
 
 	require.Error(t, run(&out, "v9", "50", ""))
 	require.Error(t, run(&out, "v4", "0", ""))

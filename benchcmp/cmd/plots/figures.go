@@ -87,6 +87,26 @@ func figures() []figure {
 			yTick:  func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) },
 		}.build})
 	}
+	fs = append(fs, figure{file: "conns-goroutines", input: "conns", build: lineSpec{
+		title:   "Idle connections: server goroutines per connection",
+		fn:      "ConnScale",
+		x:       "conns",
+		xLabel:  "idle connections (log scale)",
+		metric:  "goroutines/conn",
+		scale:   1,
+		yLabel:  "goroutines per connection",
+		linearY: true,
+	}.build})
+	fs = append(fs, figure{file: "conns-memory", input: "conns", build: lineSpec{
+		title:   "Idle connections: server memory per connection",
+		fn:      "ConnScale",
+		x:       "conns",
+		xLabel:  "idle connections (log scale)",
+		metric:  "bytes/conn",
+		scale:   1.0 / 1024,
+		yLabel:  "KiB per connection (heap + stacks)",
+		linearY: true,
+	}.build})
 	fs = append(fs, figure{file: "allocs", input: "bench", build: barSpec{
 		title:  "Allocations per call, " + allocsCallers + " callers",
 		metric: "allocs/op",
@@ -125,7 +145,11 @@ func caption(s *Set, ps []Point) string {
 	for _, p := range procs {
 		ps2 = append(ps2, strconv.Itoa(p))
 	}
-	return fmt.Sprintf("median of %d runs, GOMAXPROCS %s; %s", runs, strings.Join(ps2, ","), s.Source)
+	what := fmt.Sprintf("median of %d runs", runs)
+	if runs == 1 {
+		what = "one run"
+	}
+	return fmt.Sprintf("%s, GOMAXPROCS %s; %s", what, strings.Join(ps2, ","), s.Source)
 }
 
 // lineSpec is a figure of one metric against a numeric key, one line per
@@ -140,6 +164,10 @@ type lineSpec struct {
 	scale  float64 // the metric times scale is plotted
 	yLabel string
 	yTick  func(float64) string
+	// linearY plots the metric as it is, from 0, instead of on a log
+	// scale: for figures where 0 is a value (v4's goroutines per idle
+	// connection).
+	linearY bool
 }
 
 func (ls lineSpec) build(s *Set) (*chart, error) {
@@ -156,11 +184,15 @@ func (ls lineSpec) build(s *Set) (*chart, error) {
 			}
 			x, err := strconv.ParseFloat(pt.Keys[ls.x], 64)
 			y, ok := pt.Metrics[ls.metric]
-			if err != nil || !ok || x <= 0 || y <= 0 {
+			if err != nil || !ok || x <= 0 || y < 0 || (y == 0 && !ls.linearY) {
 				continue
 			}
 			y *= ls.scale
-			pts = append(pts, plotter.XY{X: math.Log10(x), Y: math.Log10(y)})
+			yv := y
+			if !ls.linearY {
+				yv = math.Log10(y)
+			}
+			pts = append(pts, plotter.XY{X: math.Log10(x), Y: yv})
 			if !slices.Contains(xs, x) {
 				xs = append(xs, x)
 			}
@@ -199,8 +231,12 @@ func (ls lineSpec) build(s *Set) (*chart, error) {
 	}
 	p.X.Tick.Marker = xt
 	p.X.Min, p.X.Max = math.Log10(xs[0]/1.5), math.Log10(xs[len(xs)-1]*1.5)
-	p.Y.Min, p.Y.Max = math.Log10(niceBelow(ymin)), math.Log10(niceAbove(ymax))
-	p.Y.Tick.Marker = logTicks{label: ls.yTick}
+	if ls.linearY {
+		p.Y.Min, p.Y.Max = 0, niceAbove(max(ymax, 1))
+	} else {
+		p.Y.Min, p.Y.Max = math.Log10(niceBelow(ymin)), math.Log10(niceAbove(ymax))
+		p.Y.Tick.Marker = logTicks{label: ls.yTick}
+	}
 	p.Add(plotter.NewGrid())
 	return &chart{p: p, legend: legend, caption: caption(s, ps)}, nil
 }

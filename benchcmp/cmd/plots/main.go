@@ -52,6 +52,7 @@ func parseFlags(args []string, w io.Writer) (*options, error) {
 	in := fs.String("in", "results/latest.txt", "raw `go test -bench` output of benchcmp (make bench-all)")
 	out := fs.String("out", "docs/img", "directory to write the figures into")
 	format := fs.String("format", "png", "png or svg")
+	conns := fs.String("conns", "", "output of connscale -out (make connscale), for the idle-connection figures")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -64,7 +65,11 @@ func parseFlags(args []string, w io.Writer) (*options, error) {
 	if *in == "" {
 		return nil, errors.New("-in: want a results file")
 	}
-	return &options{inputs: map[string]string{"bench": *in}, out: *out, format: *format}, nil
+	inputs := map[string]string{"bench": *in}
+	if *conns != "" {
+		inputs["conns"] = *conns
+	}
+	return &options{inputs: inputs, out: *out, format: *format}, nil
 }
 
 func main() {
