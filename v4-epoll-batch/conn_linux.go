@@ -237,7 +237,7 @@ func (c *conn) releaseIn() {
 		return
 	}
 	c.r, c.w = 0, 0
-	if cap(*c.in) == c.bufSize {
+	if cap(*c.in) <= maxPooledBuf { // grown buffers too: the next large frame needs one again
 		inPool.Put(c.in)
 	}
 	c.in = nil
