@@ -41,6 +41,16 @@ type loop struct {
 	wheel       *timewheel.Wheel[*conn] // idle deadlines; nil when there is no idle timeout
 	expired     []*conn
 
+	// queued counts the entries in adds and ready; sleeping is set while
+	// the loop is (about to be) blocked in epoll_wait. Producers write the
+	// eventfd only when it is set: a reactor that is awake sees queued
+	// before it next blocks. (The loop stores sleeping, then loads queued;
+	// a producer adds to queued, then loads sleeping. Go's atomics are
+	// sequentially consistent, so at least one of them sees the other's
+	// write: the work is never left waiting.)
+	queued   atomic.Int32
+	sleeping atomic.Bool
+
 	mu       sync.Mutex
 	adds     []*conn // connections handed over by the acceptor or a dialer
 	ready    []*conn // connections with frames to send, or reading to resume
@@ -84,8 +94,12 @@ func (l *loop) attach(c *conn) error {
 		return ErrServerClosed
 	}
 	l.adds = append(l.adds, c)
+	l.queued.Add(1)
 	l.mu.Unlock()
-	return l.p.Wake()
+	if l.sleeping.Load() {
+		return l.p.Wake()
+	}
+	return nil
 }
 
 // schedule asks the loop to look at c: flush its ring, resume reading,
@@ -97,8 +111,11 @@ func (l *loop) schedule(c *conn) {
 	}
 	l.mu.Lock()
 	l.ready = append(l.ready, c)
+	l.queued.Add(1)
 	l.mu.Unlock()
-	l.p.Wake()
+	if l.sleeping.Load() {
+		l.p.Wake()
+	}
 }
 
 // drainAll asks every connection to stop reading requests (Shutdown).
@@ -142,8 +159,16 @@ func (l *loop) run() {
 				timeout = d
 			}
 		}
+		if timeout != 0 {
+			l.sleeping.Store(true)
+			if l.queued.Load() > 0 { // queued before we said we would sleep
+				timeout = 0
+			}
+		}
 		n, woken, err := l.p.Wait(l.events, timeout)
-		busy = n > 0 || woken
+		l.sleeping.Store(false)
+		work := woken || l.queued.Load() > 0
+		busy = n > 0 || work
 		if err != nil {
 			if !errors.Is(err, poller.ErrClosed) {
 				l.logger.Error("epollbatch: epoll_wait failed; stopping the reactor", "err", err)
@@ -172,10 +197,11 @@ func (l *loop) run() {
 				c.flush()
 			}
 		}
-		if woken {
+		if work {
 			l.mu.Lock()
 			adds, l.adds = l.adds, adds[:0]
 			ready, l.ready = l.ready, ready[:0]
+			l.queued.Store(0)
 			stopping, draining := l.stopping, l.draining
 			l.mu.Unlock()
 			for _, c := range adds {
