@@ -347,7 +347,7 @@ func (c *Client) dial(ctx context.Context, i int) (*clientConn, error) {
 		l = loops[i%len(loops)]
 	}
 	cc := &clientConn{cl: c, pending: make(map[uint64]*Call)}
-	cc.c, err = newConn(l, fd, cc, c.opts.maxFrameSize, c.opts.bufSize)
+	cc.c, err = newConn(l, fd, cc, c.opts.maxFrameSize, c.opts.bufSize, DefaultRingSize)
 	if err != nil {
 		unix.Close(fd)
 		return nil, err

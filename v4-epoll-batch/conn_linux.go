@@ -14,6 +14,17 @@ import (
 	"github.com/rpcsteps/rpcsteps/v4-epoll-batch/internal/ring"
 )
 
+// ringSizeFor is the ring a server connection needs: room for every reply
+// its in-flight limit allows, so that a worker never waits for the
+// reactor (a power of two, as the ring wants; 64 to 4096).
+func ringSizeFor(maxInFlight int) int {
+	n := 64
+	for n < maxInFlight && n < 4096 {
+		n *= 2
+	}
+	return n
+}
+
 // Limits of one readiness event and one writev.
 const (
 	maxFramesPerEvent = 64   // then the loop serves the other connections (fairness)
@@ -69,8 +80,8 @@ type conn struct {
 	drainReq  atomic.Bool
 }
 
-func newConn(l *loop, fd int, s side, maxFrame, bufSize int) (*conn, error) {
-	r, err := ring.New[*[]byte](DefaultRingSize)
+func newConn(l *loop, fd int, s side, maxFrame, bufSize, ringSize int) (*conn, error) {
+	r, err := ring.New[*[]byte](ringSize)
 	if err != nil {
 		return nil, err
 	}

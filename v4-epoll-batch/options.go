@@ -54,7 +54,7 @@ const (
 	DefaultPingInterval     = 30 * time.Second
 	DefaultMaxQueuedBytes   = 4 << 20
 	DefaultWorkers          = 10_000
-	DefaultRingSize         = 128 // frames waiting for a connection's reactor to write them
+	DefaultRingSize         = 512 // a client connection's ring; a server's follows WithMaxInFlight
 )
 
 func newServerOptions(opts []ServerOption) serverOptions {

@@ -231,7 +231,7 @@ func (s *Server) adopt(fd int) {
 	l := s.loops[s.next%len(s.loops)]
 	s.next++
 	s.mu.Unlock()
-	c, err := newConn(l, fd, &serverSide{s: s}, s.opts.maxFrameSize, s.opts.bufSize)
+	c, err := newConn(l, fd, &serverSide{s: s}, s.opts.maxFrameSize, s.opts.bufSize, ringSizeFor(s.opts.maxInFlight))
 	if err != nil {
 		unix.Close(fd)
 		return
