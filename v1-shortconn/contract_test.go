@@ -24,6 +24,8 @@ var version = contracttest.Version{
 	ErrShutdown:     ErrShutdown,
 	ErrServerClosed: ErrServerClosed,
 	IsServerError:   func(err error) bool { return errors.As(err, new(ServerError)) },
+	// Serve accepts through the listener it is given.
+	WrappedListeners: true,
 }
 
 func serverOpts(o contracttest.Options) []ServerOption {

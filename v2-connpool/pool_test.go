@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/rpcsteps/rpcsteps/internal/contracttest"
 	"github.com/rpcsteps/rpcsteps/shared/codec"
 	"github.com/rpcsteps/rpcsteps/shared/protocol"
 )
@@ -60,7 +61,7 @@ func TestMaxOpenUnderConcurrency(t *testing.T) {
 	g := newGate()
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	ln := &countingListener{Listener: inner}
+	ln := &contracttest.CountingListener{Listener: inner}
 	addr := gateServer(t, g, ln)
 	c, err := Dial("tcp", addr, WithMaxOpenConns(4))
 	require.NoError(t, err)
@@ -86,7 +87,7 @@ func TestMaxOpenUnderConcurrency(t *testing.T) {
 	wg.Wait()
 
 	require.EqualValues(t, 4, g.peak.Load(), "calls in the server at once")
-	require.EqualValues(t, 4, ln.accepted.Load(), "connections made")
+	require.EqualValues(t, 4, ln.Accepted(), "connections made")
 	st = c.Stats()
 	require.Equal(t, 4, st.Open)
 	require.Equal(t, 4, st.Idle)

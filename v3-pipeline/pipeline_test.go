@@ -5,17 +5,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/rpcsteps/rpcsteps/internal/contracttest"
 	"github.com/rpcsteps/rpcsteps/shared/codec"
 	"github.com/rpcsteps/rpcsteps/shared/protocol"
 	"github.com/rpcsteps/rpcsteps/shared/service"
@@ -28,20 +26,6 @@ type Echo struct{}
 func (Echo) Echo(args []byte, reply *[]byte) error {
 	*reply = append((*reply)[:0], args...)
 	return nil
-}
-
-// countingListener counts the connections it accepts.
-type countingListener struct {
-	net.Listener
-	accepted atomic.Int64
-}
-
-func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
-		l.accepted.Add(1)
-	}
-	return c, err
 }
 
 // serve starts s on a loopback port; the cleanup closes s and waits for
@@ -72,7 +56,7 @@ func newEchoServer(t *testing.T, opts ...ServerOption) *Server {
 func TestOneConnectionForAll(t *testing.T) {
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	ln := &countingListener{Listener: inner}
+	ln := &contracttest.CountingListener{Listener: inner}
 	addr := serve(t, newEchoServer(t), ln)
 
 	c, err := Dial("tcp", addr, WithCodec(codec.Raw))
@@ -94,7 +78,7 @@ func TestOneConnectionForAll(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	require.EqualValues(t, 1, ln.accepted.Load())
+	require.EqualValues(t, 1, ln.Accepted())
 	st := c.Stats()
 	require.Equal(t, 1, st.Conns)
 	require.Zero(t, st.Pending)
@@ -178,69 +162,6 @@ func TestShutdownWaitsForPartialRequest(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(5), f.Seq)
 	require.NoError(t, <-shutdown)
-}
-
-// flakyListener fails its first Accepts as a process out of descriptors does.
-type flakyListener struct {
-	net.Listener
-	failures atomic.Int64
-}
-
-func (l *flakyListener) Accept() (net.Conn, error) {
-	if l.failures.Add(-1) >= 0 {
-		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE}
-	}
-	return l.Listener.Accept()
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-// Running out of file descriptors pauses accepting; it does not end Serve.
-func TestAcceptErrorsAreRetried(t *testing.T) {
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	ln := &flakyListener{Listener: inner}
-	ln.failures.Store(3)
-	var logs syncBuffer
-	addr := serve(t, newEchoServer(t, WithLogger(slog.New(slog.NewTextHandler(&logs, nil)))), ln)
-
-	c, err := Dial("tcp", addr, WithCodec(codec.Raw))
-	require.NoError(t, err)
-	defer c.Close()
-	var reply []byte
-	require.NoError(t, c.Call(context.Background(), "Echo.Echo", []byte("still serving"), &reply))
-	require.Equal(t, "still serving", string(reply))
-	require.Contains(t, logs.String(), "too many open files")
-}
-
-// A listener closed behind the server's back ends Serve with its error.
-func TestServeListenerClosedElsewhere(t *testing.T) {
-	s := newEchoServer(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ln) }()
-	time.Sleep(10 * time.Millisecond)
-	ln.Close()
-	err = <-served
-	require.ErrorIs(t, err, net.ErrClosed)
-	require.NotErrorIs(t, err, ErrServerClosed)
-	s.Close()
 }
 
 func TestGoDoneChannel(t *testing.T) {

@@ -58,6 +58,8 @@ func Run(t *testing.T, v Version) {
 		{"CloseWithCallsInFlight", testCloseWithCallsInFlight},
 		{"CloseClosesConns", testCloseClosesConns},
 		{"DialUnknownNetwork", testDialUnknownNetwork},
+		{"AcceptErrorsAreRetried", testAcceptErrorsAreRetried},
+		{"ListenerClosedElsewhere", testListenerClosedElsewhere},
 
 		// Limits and bad input.
 		{"ClientMaxFrameSize", testClientMaxFrameSize},
