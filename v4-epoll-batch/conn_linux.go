@@ -3,6 +3,7 @@ package epollbatch
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -283,11 +284,25 @@ func (c *conn) parse() int {
 // hold counts a request in flight; at the limit, reading stops.
 func (c *conn) hold(size int) {
 	n, b := c.inflight.Add(1), c.inBytes.Add(int64(size))
+	c.l.inflight.Add(1)
 	if c.maxInFlight > 0 && (n >= c.maxInFlight || (b >= c.maxBytes && n > 1)) {
 		c.paused = true
 		c.setInterest(c.interest &^ (poller.Readable | poller.RDHup))
 	}
 }
+
+// settle takes n answered requests and their bytes off the in-flight
+// counts (any goroutine). Once the connection is closed its count is far
+// below zero and the loop's count was settled by close.
+func (c *conn) settle(n, bytes int64) {
+	if c.inflight.Add(-n) >= 0 {
+		c.l.inflight.Add(-n)
+	}
+	c.inBytes.Add(-bytes)
+}
+
+// closedInFlight marks the in-flight count of a closed connection.
+const closedInFlight = math.MinInt64 / 2
 
 // resume re-arms reading once the connection is back under half its
 // limits (hysteresis: no flapping at the edge), after handing over the
@@ -383,8 +398,7 @@ func (c *conn) flush() {
 		c.out = append(c.out[:0], c.out[done:]...)
 		c.l.frames.Add(int64(done))
 		if c.maxInFlight > 0 { // a server's frames each answer a request
-			c.inflight.Add(-int64(done))
-			c.inBytes.Add(-int64(doneBytes))
+			c.settle(int64(done), int64(doneBytes))
 		}
 		if len(c.out) > 0 { // the socket is full: wait for EPOLLOUT
 			c.setInterest(c.interest | poller.Writable)
@@ -443,6 +457,9 @@ func (c *conn) close(err error) {
 	c.l.table.Remove(c.fd)
 	unix.Close(c.fd)
 	c.l.conns.Add(-1)
+	if n := c.inflight.Swap(closedInFlight); n > 0 { // replies that will never be written
+		c.l.inflight.Add(-n)
+	}
 	c.dropBuffers(err)
 	c.side.closed(c, err)
 }

@@ -94,7 +94,8 @@ func ExampleClient_Go() {
 	// Output: 0 2 198
 }
 
-// The server's figures: connections, frames written per writev, workers.
+// The server's figures: connections, calls in flight, frames written per
+// writev, workers.
 func ExampleServer_Stats() {
 	srv := epollbatch.NewServer(epollbatch.WithWorkers(64), epollbatch.WithMaxInFlight(128))
 	srv.Register(Arith{})
@@ -114,8 +115,8 @@ func ExampleServer_Stats() {
 	c.Close()
 	srv.Shutdown(context.Background())
 	st := srv.Stats()
-	fmt.Println("after shutdown:", st.Conns, "connections,", st.Frames, "replies written")
+	fmt.Println("after shutdown:", st.Conns, "connections,", st.InFlight, "in flight,", st.Frames, "replies written")
 	// Output:
 	// connections: 1
-	// after shutdown: 0 connections, 10 replies written
+	// after shutdown: 0 connections, 0 in flight, 10 replies written
 }

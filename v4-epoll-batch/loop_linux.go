@@ -60,6 +60,7 @@ type loop struct {
 
 	writes, frames atomic.Int64
 	conns          atomic.Int32
+	inflight       atomic.Int64 // requests of its connections not yet answered
 	done           chan struct{}
 }
 

@@ -294,6 +294,9 @@ func TestReactorPeerCloseWithReplyPendingDoesNotSpin(t *testing.T) {
 	g.open()
 	require.Eventually(t, func() bool { return s.Stats().Conns == 0 }, 2*time.Second, time.Millisecond)
 	require.Less(t, share, 0.5, "the reactor spins on a closed peer while a method runs")
+	// The reply that had nowhere to go is no longer in flight.
+	require.Eventually(t, func() bool { return s.Stats().WorkersBusy == 0 }, 2*time.Second, time.Millisecond)
+	require.Zero(t, s.Stats().InFlight)
 }
 
 // The same on TCP, with a peer that resets the connection (SO_LINGER 0)
@@ -439,6 +442,7 @@ func TestReactorBackPressureBoundsInFlight(t *testing.T) {
 	time.Sleep(50 * time.Millisecond) // room for a ninth, if reading went on
 	require.EqualValues(t, limit, g.maxRunning.Load(), "calls running at once")
 	require.Equal(t, limit, s.Stats().WorkersBusy)
+	require.Equal(t, limit, s.Stats().InFlight)
 
 	g.open()
 	rr := &replyReader{nc: nc}
@@ -450,6 +454,7 @@ func TestReactorBackPressureBoundsInFlight(t *testing.T) {
 		seen[r.seq] = true
 	}
 	require.LessOrEqual(t, g.maxRunning.Load(), int32(limit))
+	require.Eventually(t, func() bool { return s.Stats().InFlight == 0 }, 2*time.Second, time.Millisecond)
 }
 
 func heapInuse() uint64 {

@@ -274,8 +274,7 @@ func (ss *serverSide) frame(c *conn, raw []byte, f *protocol.Frame) {
 		ss.s.overloaded.Add(1)
 		if f.Type == protocol.TypeOneway {
 			ss.s.opts.logger.Debug("epollbatch: overloaded; one-way request dropped", "method", string(f.Method))
-			c.inflight.Add(-1)
-			c.inBytes.Add(-int64(size))
+			c.settle(1, int64(size))
 			return
 		}
 		out := getBuf()
@@ -301,8 +300,7 @@ func (ss *serverSide) handle(c *conn, bp *[]byte, size int) {
 	putBuf(bp)
 	if len(*out) == 0 { // one-way: done
 		putBuf(out)
-		c.inflight.Add(-1)
-		c.inBytes.Add(-int64(size))
+		c.settle(1, int64(size))
 		c.l.schedule(c) // reading may resume, or the connection finish
 		return
 	}
@@ -402,6 +400,7 @@ func (s *Server) Stats() ServerStats {
 		st.Conns += int(l.conns.Load())
 		st.Writes += l.writes.Load()
 		st.Frames += l.frames.Load()
+		st.InFlight += int(l.inflight.Load())
 	}
 	if w != nil {
 		st.Workers, st.WorkersBusy = w.Running(), w.Busy()

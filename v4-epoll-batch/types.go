@@ -45,6 +45,7 @@ func (call *Call) complete(err error) {
 // ServerStats are figures of a server.
 type ServerStats struct {
 	Conns       int   // connections open now
+	InFlight    int   // requests (and pings) read whose reply is not yet written
 	Writes      int64 // writev calls of the senders
 	Frames      int64 // frames they wrote: Frames/Writes is the batching
 	WorkersBusy int   // workers running a method now
