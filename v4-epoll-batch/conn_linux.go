@@ -74,19 +74,64 @@ type conn struct {
 	paused   bool // reading stopped by back-pressure
 	closed   bool
 
+	// ring takes frames from other goroutines to the loop. A server
+	// connection borrows one from rings while it has requests in flight:
+	// the loop sets it in hold and gives it back once every reply is
+	// written, when no worker can be putting into it, so an idle server
+	// connection holds no ring. A client's is its own for its whole life.
+	ring  *ring.Ring[*[]byte]
+	rings *sync.Pool
+
 	// Any goroutine.
-	ring      *ring.Ring[*[]byte]
 	scheduled atomic.Bool
 	closeReq  atomic.Pointer[error]
 	drainReq  atomic.Bool
 }
 
+// newConn makes a client's connection, with a ring of ringSize slots.
 func newConn(l *loop, fd int, s side, maxFrame, bufSize, ringSize int) (*conn, error) {
 	r, err := ring.New[*[]byte](ringSize)
 	if err != nil {
 		return nil, err
 	}
 	return &conn{l: l, fd: fd, side: s, maxFrame: maxFrame, bufSize: bufSize, ring: r}, nil
+}
+
+// newServerConn makes a server's connection, which borrows its ring from
+// rings while it is busy.
+func newServerConn(l *loop, fd int, s side, maxFrame, bufSize int, rings *sync.Pool) *conn {
+	return &conn{l: l, fd: fd, side: s, maxFrame: maxFrame, bufSize: bufSize, rings: rings}
+}
+
+// newRingPool makes the pool a server's connections borrow rings from.
+func newRingPool(size int) *sync.Pool {
+	return &sync.Pool{New: func() any {
+		r, err := ring.New[*[]byte](size)
+		if err != nil {
+			panic(err) // size comes from ringSizeFor: a power of two
+		}
+		return r
+	}}
+}
+
+// ringLen is what the ring holds; 0 when the connection has none.
+func (c *conn) ringLen() int {
+	if c.ring == nil {
+		return 0
+	}
+	return c.ring.Len()
+}
+
+// returnRing gives a server connection's ring back once nothing is in
+// flight: every request answered and its reply written, so no worker
+// holds a reference to the ring (loop goroutine).
+func (c *conn) returnRing() {
+	if c.rings == nil || c.ring == nil || c.closed || c.inflight.Load() != 0 || len(c.out) != 0 || c.ring.Len() != 0 {
+		return
+	}
+	c.rings.Put(c.ring)
+	c.ring = nil
+	c.l.ringsLent.Add(-1)
 }
 
 // bufPool holds frame buffers: a request copied out of an input buffer, a
@@ -132,7 +177,9 @@ func (c *conn) trySend(bp *[]byte) bool {
 // sendLocal queues a frame from the loop's own goroutine, which must never
 // wait: behind whatever the ring holds, so that the order holds.
 func (c *conn) sendLocal(bp *[]byte) {
-	c.out = c.ring.Drain(c.out, c.ring.Cap())
+	if c.ring != nil {
+		c.out = c.ring.Drain(c.out, c.ring.Cap())
+	}
 	c.out = append(c.out, bp)
 }
 
@@ -281,8 +328,13 @@ func (c *conn) parse() int {
 	return frames
 }
 
-// hold counts a request in flight; at the limit, reading stops.
+// hold counts a request in flight; at the limit, reading stops. The
+// connection has a ring from here until its replies are all written.
 func (c *conn) hold(size int) {
+	if c.ring == nil {
+		c.ring = c.rings.Get().(*ring.Ring[*[]byte])
+		c.l.ringsLent.Add(1)
+	}
 	n, b := c.inflight.Add(1), c.inBytes.Add(int64(size))
 	c.l.inflight.Add(1)
 	if c.maxInFlight > 0 && (n >= c.maxInFlight || (b >= c.maxBytes && n > 1)) {
@@ -342,7 +394,7 @@ func (c *conn) stopReading() {
 
 // finish closes a connection that will read no more and owes nothing.
 func (c *conn) finish() {
-	if c.eof && !c.closed && c.inflight.Load() == 0 && len(c.out) == 0 && c.ring.Len() == 0 {
+	if c.eof && !c.closed && c.inflight.Load() == 0 && len(c.out) == 0 && c.ringLen() == 0 {
 		c.close(nil)
 	}
 }
@@ -352,7 +404,7 @@ func (c *conn) finish() {
 // write when the socket drains.
 func (c *conn) flush() {
 	for !c.closed {
-		if room := iovMax - len(c.out); room > 0 {
+		if room := iovMax - len(c.out); room > 0 && c.ring != nil {
 			c.out = c.ring.Drain(c.out, room)
 		}
 		if len(c.out) == 0 {
@@ -407,6 +459,7 @@ func (c *conn) flush() {
 	}
 	c.resume()
 	c.finish()
+	c.returnRing()
 }
 
 func (c *conn) setInterest(ev poller.Events) {
@@ -436,7 +489,7 @@ func (c *conn) onIdle() {
 	if c.closed {
 		return
 	}
-	if c.inflight.Load() > 0 && len(c.out) == 0 && c.ring.Len() == 0 {
+	if c.inflight.Load() > 0 && len(c.out) == 0 && c.ringLen() == 0 {
 		c.touch()
 		return
 	}
@@ -460,6 +513,9 @@ func (c *conn) close(err error) {
 	if n := c.inflight.Swap(closedInFlight); n > 0 { // replies that will never be written
 		c.l.inflight.Add(-n)
 	}
+	if c.rings != nil && c.ring != nil {
+		c.l.ringsLent.Add(-1)
+	}
 	c.dropBuffers(err)
 	c.side.closed(c, err)
 }
@@ -476,8 +532,10 @@ func (c *conn) dropBuffers(err error) {
 	if err == nil {
 		err = ErrShutdown
 	}
-	c.ring.Close(err)
-	c.out = c.ring.Drain(c.out, c.ring.Cap())
+	if c.ring != nil { // a closed ring is not given back: workers may still put into it
+		c.ring.Close(err)
+		c.out = c.ring.Drain(c.out, c.ring.Cap())
+	}
 	for _, bp := range c.out {
 		putBuf(bp)
 	}

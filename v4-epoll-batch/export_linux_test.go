@@ -47,3 +47,14 @@ func reactorsStarted(s *Server) bool {
 // s's sub-reactors, as the acceptor does with an accepted one. s must be
 // serving (serveForTest). The server owns fd from then on.
 func adoptForTest(s *Server, fd int) { s.adopt(fd) }
+
+// ringsLent counts s's connections holding a ring now.
+func ringsLent(s *Server) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, l := range s.loops {
+		n += int(l.ringsLent.Load())
+	}
+	return n
+}

@@ -61,6 +61,7 @@ type loop struct {
 	writes, frames atomic.Int64
 	conns          atomic.Int32
 	inflight       atomic.Int64 // requests of its connections not yet answered
+	ringsLent      atomic.Int32 // server connections holding a ring (busy ones)
 	done           chan struct{}
 }
 

@@ -384,6 +384,33 @@ func TestReactorFdReuse(t *testing.T) {
 	require.Equal(t, 1, s.Stats().Conns)
 }
 
+// A server connection borrows a ring only while it has requests in
+// flight: an idle one holds none (10,000 idle connections would otherwise
+// hold 10,000 rings), and the ring goes back once the replies are written.
+func TestReactorIdleConnectionHoldsNoRing(t *testing.T) {
+	s, g := newTestServer(t)
+	nc := serverPair(t, s)
+	rr := &replyReader{nc: nc}
+	require.Zero(t, ringsLent(s))
+
+	_, err := nc.Write(request(1, "gate.Wait", []byte("busy")))
+	require.NoError(t, err)
+	g.waitEntered(t, 1)
+	require.Equal(t, 1, ringsLent(s), "a connection with a call in flight")
+	g.open()
+	require.Equal(t, reply{seq: 1, body: "busy"}, rr.mustNext(t))
+	require.Eventually(t, func() bool { return ringsLent(s) == 0 }, 2*time.Second, time.Millisecond)
+
+	// Busy again: it borrows one again, and gives it back again.
+	for seq := uint64(2); seq < 50; seq++ {
+		_, err = nc.Write(request(seq, "echo.Echo", []byte("again")))
+		require.NoError(t, err)
+		require.Equal(t, reply{seq: seq, body: "again"}, rr.mustNext(t))
+	}
+	require.Eventually(t, func() bool { return ringsLent(s) == 0 }, 2*time.Second, time.Millisecond)
+	require.Equal(t, 1, s.Stats().Conns)
+}
+
 // A frame larger than the input buffer (1 MiB against 4 KiB), written in
 // pieces between two small ones, is reassembled; so are the small ones
 // before and after it.

@@ -38,6 +38,7 @@ type Server struct {
 	next      int
 	workers   *workers.Pool
 	acceptors map[*acceptor]struct{}
+	rings     *sync.Pool // lent to busy connections (see conn.ring)
 
 	overloaded atomic.Int64
 }
@@ -54,6 +55,7 @@ func NewServer(opts ...ServerOption) *Server {
 		cancel:    cancel,
 		done:      make(chan struct{}),
 		acceptors: make(map[*acceptor]struct{}),
+		rings:     newRingPool(ringSizeFor(o.maxInFlight)),
 	}
 }
 
@@ -231,11 +233,7 @@ func (s *Server) adopt(fd int) {
 	l := s.loops[s.next%len(s.loops)]
 	s.next++
 	s.mu.Unlock()
-	c, err := newConn(l, fd, &serverSide{s: s}, s.opts.maxFrameSize, s.opts.bufSize, ringSizeFor(s.opts.maxInFlight))
-	if err != nil {
-		unix.Close(fd)
-		return
-	}
+	c := newServerConn(l, fd, &serverSide{s: s}, s.opts.maxFrameSize, s.opts.bufSize, s.rings)
 	c.maxInFlight, c.maxBytes = int64(s.opts.maxInFlight), int64(s.opts.maxBytesInFlight)
 	if err := l.attach(c); err != nil {
 		unix.Close(fd)
