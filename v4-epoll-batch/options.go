@@ -48,7 +48,7 @@ type clientOptions struct {
 const (
 	DefaultIdleTimeout      = 2 * time.Minute
 	DefaultDialTimeout      = 10 * time.Second
-	DefaultBufferSize       = 4096
+	DefaultBufferSize       = 64 << 10 // held only while bytes wait in it: see WithBufferSize
 	DefaultMaxInFlight      = 512
 	DefaultMaxBytesInFlight = 4 << 20
 	DefaultPingInterval     = 30 * time.Second
@@ -168,9 +168,13 @@ type bufSize int
 func (n bufSize) applyServer(o *serverOptions) { o.bufSize = int(n) }
 func (n bufSize) applyClient(o *clientOptions) { o.bufSize = int(n) }
 
-// WithBufferSize sets the size of the read buffer each connection owns for
-// its whole life (default DefaultBufferSize). Larger frames are read through
-// it in pieces.
+// WithBufferSize sets the size of a connection's input buffer (default
+// DefaultBufferSize). Unlike v3's, it is not owned for the connection's
+// whole life: a connection takes one from a pool when bytes arrive and
+// gives it back once every frame in it is handed over, so idle
+// connections hold none, and a large one costs memory only while a
+// connection is reading. A frame larger than the buffer gets a buffer of
+// its own size (up to the frame limit).
 func WithBufferSize(n int) Option {
 	if n <= 0 {
 		n = DefaultBufferSize
