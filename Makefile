@@ -33,6 +33,9 @@ fmt-check:
 vet:
 	@echo "== go vet"
 	$(GO) vet $(PKGS)
+	@echo "== go vet, GOOS=darwin and GOOS=windows (v4 needs Linux; the rest builds everywhere)"
+	GOOS=darwin $(GO) vet $(PKGS)
+	GOOS=windows $(GO) vet $(PKGS)
 
 .PHONY: staticcheck
 staticcheck:
