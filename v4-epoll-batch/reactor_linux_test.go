@@ -484,6 +484,39 @@ func TestReactorBackPressureBoundsInFlight(t *testing.T) {
 	require.Eventually(t, func() bool { return s.Stats().InFlight == 0 }, 2*time.Second, time.Millisecond)
 }
 
+// Reading resumes below 7/8 of the limit, not at the limit (no flapping
+// at the edge) and not at half of it (too few calls left in flight, which
+// cost a 1 ms method 31% of its calls/s). Limit 8: with 7 in flight the
+// connection stays paused; with 6 it reads again, and two more calls run.
+func TestReactorBackPressureResumesAtSevenEighths(t *testing.T) {
+	const limit, n = 8, 20
+	s, g := newTestServer(t, WithMaxInFlight(limit))
+	nc := serverPair(t, s)
+	var all []byte
+	for seq := uint64(1); seq <= n; seq++ {
+		all = append(all, request(seq, "gate.Wait", fmt.Appendf(nil, "g%d", seq))...)
+	}
+	_, err := nc.Write(all)
+	require.NoError(t, err)
+	g.waitEntered(t, limit)
+
+	g.release <- struct{}{} // 7 in flight once its reply is written
+	require.Eventually(t, func() bool { return s.Stats().InFlight == limit-1 }, 2*time.Second, time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	require.Empty(t, g.entered, "reading resumed at 7 of 8 in flight")
+
+	g.release <- struct{}{} // 6 in flight: below 7/8
+	g.waitEntered(t, 2)
+	require.Equal(t, limit, s.Stats().WorkersBusy)
+
+	g.open()
+	rr := &replyReader{nc: nc}
+	for range n {
+		r := rr.mustNext(t)
+		require.Equal(t, fmt.Sprintf("g%d", r.seq), r.body)
+	}
+}
+
 func heapInuse() uint64 {
 	runtime.GC()
 	var ms runtime.MemStats
