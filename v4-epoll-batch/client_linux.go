@@ -346,7 +346,7 @@ func (c *Client) dial(ctx context.Context, i int) (*clientConn, error) {
 	} else {
 		l = loops[i%len(loops)]
 	}
-	cc := &clientConn{cl: c, pending: make(map[uint64]*Call)}
+	cc := &clientConn{cl: c, pending: make(map[uint64]*Call), dead: make(chan struct{})}
 	cc.c, err = newConn(l, fd, cc, c.opts.maxFrameSize, c.opts.bufSize, DefaultRingSize)
 	if err != nil {
 		unix.Close(fd)

@@ -20,6 +20,11 @@ type clientConn struct {
 	c   *conn
 	seq atomic.Uint64
 
+	// room is closed, and cleared, when written frames make room for
+	// callers waiting on WithMaxQueuedBytes (see reserve).
+	room atomic.Pointer[chan struct{}]
+	dead chan struct{} // closed by fail
+
 	mu        sync.Mutex
 	pending   map[uint64]*Call
 	err       error       // why the connection is dead; nil while alive
@@ -61,11 +66,18 @@ func (cc *clientConn) beat() {
 	if cc.pingSent.IsZero() && now.Sub(cc.lastRecv) >= d {
 		bp := getBuf()
 		*bp, _ = protocol.AppendFrame((*bp)[:0], &protocol.Header{Type: protocol.TypePing, Seq: cc.seq.Add(1)}, "", "", nil)
-		if cc.c.trySend(bp) { // a full ring means traffic: no ping needed
-			cc.pingSent = now
-		} else {
+		size := int64(len(*bp))
+		cc.c.outBytes.Add(size) // a ping is not held back by WithMaxQueuedBytes
+		if !cc.c.trySend(bp) {
+			// The ring is full: the server has not been taking what we
+			// send. That is no sign of life; a full ring waits for the
+			// server just as a ping would. The clock runs as if the ping
+			// had left: no frame from the server within two more
+			// intervals, and the connection is declared dead.
+			cc.c.outBytes.Add(-size)
 			putBuf(bp)
 		}
+		cc.pingSent = now
 	}
 	cc.heartbeat.Reset(d)
 	cc.mu.Unlock()
@@ -114,14 +126,26 @@ func (cc *clientConn) send(ctx context.Context, call *Call, typ protocol.Type, a
 	}
 	cc.mu.Unlock()
 
-	if cc.c.trySend(bp) {
-		if typ == protocol.TypeOneway {
-			call.complete(nil)
+	size := int64(len(*bp))
+	if cc.tryReserve(size) {
+		if cc.c.trySend(bp) {
+			if typ == protocol.TypeOneway {
+				call.complete(nil)
+			}
+			return
 		}
-		return
+		cc.release(size)
 	}
 	put := func() {
-		if err := cc.c.send(ctx, bp); err != nil {
+		err := cc.reserve(ctx, size)
+		if err == nil {
+			if err = cc.c.send(ctx, bp); err != nil {
+				cc.release(size)
+			}
+		} else {
+			putBuf(bp)
+		}
+		if err != nil {
 			if typ == protocol.TypeOneway {
 				call.complete(cc.cl.callError(ctx, call.ServiceMethod, err))
 				return
@@ -139,6 +163,70 @@ func (cc *clientConn) send(ctx context.Context, call *Call, typ protocol.Type, a
 	}
 	put()
 }
+
+// tryReserve counts size bytes in the connection's queue if they fit
+// under WithMaxQueuedBytes, or if nothing is queued: one request always
+// goes, however large.
+func (cc *clientConn) tryReserve(size int64) bool {
+	limit := int64(cc.cl.opts.maxQueued)
+	for {
+		q := cc.c.outBytes.Load()
+		if q > 0 && q+size > limit {
+			return false
+		}
+		if cc.c.outBytes.CompareAndSwap(q, q+size) {
+			return true
+		}
+	}
+}
+
+// release gives back bytes reserved for a frame that was not queued.
+func (cc *clientConn) release(size int64) {
+	cc.c.outBytes.Add(-size)
+	cc.wakeRoom()
+}
+
+// reserve is tryReserve waiting for room, as long as ctx allows and the
+// connection lives.
+func (cc *clientConn) reserve(ctx context.Context, size int64) error {
+	for {
+		if cc.tryReserve(size) {
+			return nil
+		}
+		ch := make(chan struct{})
+		if !cc.room.CompareAndSwap(nil, &ch) {
+			if p := cc.room.Load(); p != nil {
+				ch = *p
+			} else {
+				continue
+			}
+		}
+		// Look again once the channel is in place: room made before it
+		// was would wake no one.
+		if cc.tryReserve(size) {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("epollbatch: waiting for room in the send queue (WithMaxQueuedBytes %d): %w", cc.cl.opts.maxQueued, ctx.Err())
+		case <-cc.dead:
+			cc.mu.Lock()
+			err := cc.err
+			cc.mu.Unlock()
+			return err
+		}
+	}
+}
+
+func (cc *clientConn) wakeRoom() {
+	if p := cc.room.Swap(nil); p != nil {
+		close(*p)
+	}
+}
+
+// written: frames left for the server, making room in the queue.
+func (cc *clientConn) written(_ *conn, _, _ int64) { cc.wakeRoom() }
 
 // abandon completes the call seq with err, if it still waits for its reply.
 func (cc *clientConn) abandon(seq uint64, err error) {
@@ -163,6 +251,7 @@ func (cc *clientConn) fail(err error) {
 		err = ErrShutdown
 	}
 	cc.err = err
+	close(cc.dead)
 	pending := cc.pending
 	cc.pending = nil
 	if cc.heartbeat != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,7 +30,7 @@ func ringSizeFor(maxInFlight int) int {
 // Limits of one readiness event and one writev.
 const (
 	maxFramesPerEvent = 64   // then the loop serves the other connections (fairness)
-	iovMax            = 1024 // IOV_MAX on Linux
+	iovMax            = 1024 // IOV_MAX on Linux: writev refuses more buffers (EINVAL)
 )
 
 // side is what a connection's frames mean: requests on a server, replies
@@ -39,6 +40,8 @@ type side interface {
 	// frame handles one complete frame; raw and f alias the input buffer
 	// and are valid only during the call.
 	frame(c *conn, raw []byte, f *protocol.Frame)
+	// written: flush wrote n frames of the connection, bytes in all.
+	written(c *conn, n, bytes int64)
 	closed(c *conn, err error)
 }
 
@@ -61,6 +64,13 @@ type conn struct {
 	// requests read whose reply is not yet written, and their bytes.
 	maxInFlight, maxBytes int64
 	inflight, inBytes     atomic.Int64
+	replyMu               sync.Mutex // serialises workers admitting replies (admitReply)
+
+	// outBytes: the bytes of the frames queued to be written (in the ring
+	// or in out) and not yet written. Producers add to it before they
+	// queue a frame; flush takes off what it writes. A client bounds it
+	// with WithMaxQueuedBytes, a server counts it in WithMaxBytesInFlight.
+	outBytes atomic.Int64
 
 	// Owned by the loop's goroutine.
 	in       *[]byte // input: frames from r to w; nil while idle
@@ -68,10 +78,10 @@ type conn struct {
 	interest poller.Events
 	out      []*[]byte // drained from the ring, not yet fully written
 	outOff   int       // bytes of out[0] already written
-	iov      [][]byte
-	eof      bool // no more requests: the peer half-closed, or shutdown
-	draining bool // shutdown: finish the frame arriving, then eof
-	paused   bool // reading stopped by back-pressure
+	iov      [][]byte  // one writev's buffers; cleared after each call, so that it keeps no frame alive
+	eof      bool      // no more requests: the peer half-closed, or shutdown
+	draining bool      // shutdown: finish the frame arriving, then eof
+	paused   bool      // reading stopped by back-pressure
 	closed   bool
 
 	// ring takes frames from other goroutines to the loop. A server
@@ -175,11 +185,14 @@ func (c *conn) trySend(bp *[]byte) bool {
 }
 
 // sendLocal queues a frame from the loop's own goroutine, which must never
-// wait: behind whatever the ring holds, so that the order holds.
+// wait: behind whatever the ring holds, so that the order holds. The loop
+// writes it before it next sleeps: every path that parses frames ends in
+// pump.
 func (c *conn) sendLocal(bp *[]byte) {
 	if c.ring != nil {
 		c.out = c.ring.Drain(c.out, c.ring.Cap())
 	}
+	c.outBytes.Add(int64(len(*bp)))
 	c.out = append(c.out, bp)
 }
 
@@ -209,9 +222,7 @@ func (c *conn) onScheduled() {
 			c.stopReading()
 		}
 	}
-	c.flush()
-	c.resume()
-	c.finish()
+	c.pump()
 }
 
 // onReadable reads what has arrived, without blocking, and hands every
@@ -245,19 +256,19 @@ func (c *conn) onReadable() {
 			c.onEOF()
 			break
 		}
-		c.close(err)
+		c.close(os.NewSyscallError("read", err))
 		return
 	}
+	c.pump()
 	c.releaseIn()
-	if len(c.out) > 0 {
-		c.flush()
-	}
 }
 
 // room makes sure the input buffer has space to read into: an idle
 // connection has no buffer, a partial frame moves to the front, a frame
-// larger than the buffer gets one its size (up to the frame limit, checked
-// on its header).
+// larger than the buffer gets a larger one (its header is checked against
+// the frame limit first). The buffer grows by doubling, not to the size
+// the header announces at once: a peer that announces 16 MiB and sends
+// 64 KiB costs at most twice what it sent.
 func (c *conn) room() bool {
 	if c.in == nil {
 		if bp, ok := inPool.Get().(*[]byte); ok && cap(*bp) >= c.bufSize {
@@ -283,7 +294,10 @@ func (c *conn) room() bool {
 		c.close(err)
 		return false
 	}
-	bigger := make([]byte, max(need, 2*len(*c.in)))
+	if need == 0 { // the header is not complete yet
+		need = protocol.HeaderSize
+	}
+	bigger := make([]byte, min(max(need, len(*c.in)+1), 2*len(*c.in)))
 	copy(bigger, (*c.in)[:c.w])
 	c.in = &bigger
 	return true
@@ -357,23 +371,45 @@ func (c *conn) settle(n, bytes int64) {
 const closedInFlight = math.MinInt64 / 2
 
 // resume re-arms reading once the connection is back under 7/8 of its
-// limits, after handing over the frames already buffered. The gap is the
+// limits, after handing over the frames already buffered. It reports
+// whether it handed any over: their answers (a pong, "overloaded") may
+// now wait in out, and the caller must flush again. The gap is the
 // hysteresis: at the edge, every reply would otherwise cost two
 // epoll_ctl calls. (At half the limits, a server running a 1 ms method
 // for 1,024 callers kept too few calls in flight: 131k calls/s against
 // 171k at 7/8.)
-func (c *conn) resume() {
-	if !c.paused || c.closed {
-		return
-	}
-	if c.inflight.Load() >= c.maxInFlight*7/8 || c.inBytes.Load() > c.maxBytes*7/8 {
-		return
+func (c *conn) resume() bool {
+	if !c.paused || c.closed || !c.belowLowWater() {
+		return false
 	}
 	c.paused = false
-	c.parse()
+	n := c.parse()
 	if !c.paused && !c.eof && !c.closed {
 		c.setInterest(c.interest | poller.Readable | poller.RDHup)
 	}
+	return n > 0
+}
+
+// belowLowWater: fewer than 7/8 of the requests allowed in flight (at
+// least one fewer than the limit: with WithMaxInFlight(1), none), and at
+// most 7/8 of the bytes.
+func (c *conn) belowLowWater() bool {
+	return c.inflight.Load() < max(1, c.maxInFlight*7/8) && c.inBytes.Load() <= c.maxBytes*7/8
+}
+
+// pump runs after anything that queued frames or made room: it writes
+// what it can, lets reading resume (which may queue more answers, so it
+// writes again), and closes a connection that is done (loop goroutine).
+// Each round hands over buffered frames, so it ends.
+func (c *conn) pump() {
+	for !c.closed {
+		c.flush()
+		if !c.resume() {
+			break
+		}
+	}
+	c.finish()
+	c.returnRing()
 }
 
 // onEOF: the peer sent its last byte. A partial frame is a truncated one;
@@ -402,9 +438,10 @@ func (c *conn) finish() {
 	}
 }
 
-// flush drains the ring into writev calls until everything is written or
-// the socket is full; then EPOLLOUT is armed and the loop resumes the
-// write when the socket drains.
+// flush drains the ring into writev calls, at most iovMax frames each,
+// until everything is written or the socket is full; then EPOLLOUT is
+// armed and the loop resumes the write when the socket drains. Callers
+// use pump, which also resumes reading and closes a finished connection.
 func (c *conn) flush() {
 	for !c.closed {
 		if room := iovMax - len(c.out); room > 0 && c.ring != nil {
@@ -412,17 +449,21 @@ func (c *conn) flush() {
 		}
 		if len(c.out) == 0 {
 			c.setInterest(c.interest &^ poller.Writable)
-			break
+			return
 		}
-		c.iov = c.iov[:0]
-		for i, bp := range c.out {
+		batch := c.out[:min(len(c.out), iovMax)]
+		want := -c.outOff
+		for i, bp := range batch {
 			b := *bp
 			if i == 0 {
 				b = b[c.outOff:]
 			}
 			c.iov = append(c.iov, b)
+			want += len(*bp)
 		}
 		n, err := unix.Writev(c.fd, c.iov)
+		clear(c.iov) // the iovec must not keep replies alive after the call
+		c.iov = c.iov[:0]
 		if err != nil {
 			if err == unix.EINTR {
 				continue
@@ -431,11 +472,12 @@ func (c *conn) flush() {
 				c.setInterest(c.interest | poller.Writable)
 				return
 			}
-			c.close(err)
+			c.close(os.NewSyscallError("writev", err))
 			return
 		}
 		c.l.writes.Add(1)
 		c.touch()
+		full := n < want // the socket took less than offered: it is full
 		done, doneBytes := 0, 0
 		for n > 0 {
 			left := len(*c.out[done]) - c.outOff
@@ -446,23 +488,20 @@ func (c *conn) flush() {
 			n -= left
 			doneBytes += len(*c.out[done])
 			putBuf(c.out[done])
-			c.out[done] = nil
 			c.outOff = 0
 			done++
 		}
-		c.out = append(c.out[:0], c.out[done:]...)
+		rest := copy(c.out, c.out[done:])
+		clear(c.out[rest:]) // no stale pointers to written frames
+		c.out = c.out[:rest]
 		c.l.frames.Add(int64(done))
-		if c.maxInFlight > 0 { // a server's frames each answer a request
-			c.settle(int64(done), int64(doneBytes))
-		}
-		if len(c.out) > 0 { // the socket is full: wait for EPOLLOUT
+		c.outBytes.Add(-int64(doneBytes))
+		c.side.written(c, int64(done), int64(doneBytes))
+		if full { // wait for EPOLLOUT
 			c.setInterest(c.interest | poller.Writable)
 			return
 		}
 	}
-	c.resume()
-	c.finish()
-	c.returnRing()
 }
 
 func (c *conn) setInterest(ev poller.Events) {
@@ -471,7 +510,7 @@ func (c *conn) setInterest(ev poller.Events) {
 	}
 	c.interest = ev
 	if err := c.l.p.Mod(c.fd, ev, c.data); err != nil {
-		c.close(err)
+		c.close(os.NewSyscallError("epoll_ctl", err))
 	}
 }
 
@@ -542,7 +581,7 @@ func (c *conn) dropBuffers(err error) {
 	for _, bp := range c.out {
 		putBuf(bp)
 	}
-	c.out = nil
+	c.out, c.iov = nil, nil
 	c.r, c.w = 0, 0
 	c.releaseIn()
 }

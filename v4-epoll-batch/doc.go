@@ -8,7 +8,7 @@
 // one goroutine owning its connections: level-triggered epoll, non-blocking
 // reads into a per-connection buffer, every complete frame decoded without
 // waiting. Methods run on a bounded pool of workers (WithWorkers); replies
-// go into each connection's lock-free ring (many producers, one consumer),
+// go into each connection's ring (many producers, one consumer),
 // which the connection's reactor drains into one writev. A connection with
 // too many requests in flight stops being read until replies go out; a
 // client that half-closes still gets its replies; idle connections close
@@ -35,7 +35,10 @@
 // do a panic in the method, an unknown service or method, arguments that
 // do not decode, and a request that finds every worker busy.
 //
-// Nothing is started at import time: a Server's reactors and workers start
-// with Serve and stop with Close; the clients' shared reactors start with
-// the first Dial and stop when the last Client closes.
+// Methods run on an ants/v2 pool (github.com/panjf2000/ants/v2) of the
+// server's own. Importing ants starts its package-level default pool, two
+// goroutines, at program start; v4 never uses it. Apart from that nothing
+// is started at import time: a Server's reactors and workers start with
+// Serve and stop with Close; the clients' shared reactors start with the
+// first Dial and stop when the last Client closes.
 package epollbatch

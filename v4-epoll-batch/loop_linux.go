@@ -196,7 +196,7 @@ func (l *loop) run() {
 				c.onReadable()
 			}
 			if ev.Writable && !c.closed {
-				c.flush()
+				c.pump()
 			}
 		}
 		if work {
@@ -209,6 +209,7 @@ func (l *loop) run() {
 			for _, c := range adds {
 				l.add(c)
 			}
+			clear(adds) // the slices are kept for the next round: no stale connections in them
 			if draining && !l.drained {
 				l.drained = true
 				var all []*conn
@@ -224,6 +225,7 @@ func (l *loop) run() {
 					c.onScheduled()
 				}
 			}
+			clear(ready)
 			if stopping {
 				l.closeAll(ErrServerClosed)
 				l.p.Close()
@@ -235,6 +237,7 @@ func (l *loop) run() {
 			for _, c := range l.expired {
 				c.onIdle()
 			}
+			clear(l.expired)
 		}
 	}
 }

@@ -57,6 +57,13 @@ const (
 	DefaultRingSize         = 512 // a client connection's ring; a server's follows WithMaxInFlight
 )
 
+// The largest values some options take; larger ones are taken as these.
+const (
+	MaxInFlightCap  = 4096                  // WithMaxInFlight: a busy connection's ring holds a reply for each
+	MaxConnsCap     = 1024                  // WithConns
+	MinPingInterval = 10 * time.Millisecond // WithPingInterval: shorter positive intervals are taken as this
+)
+
 func newServerOptions(opts []ServerOption) serverOptions {
 	o := serverOptions{
 		maxFrameSize:     protocol.DefaultMaxFrameSize,
@@ -71,6 +78,7 @@ func newServerOptions(opts []ServerOption) serverOptions {
 	for _, opt := range opts {
 		opt.applyServer(&o)
 	}
+	o.bufSize = min(o.bufSize, o.maxFrameSize) // no frame needs more
 	return o
 }
 
@@ -88,6 +96,7 @@ func newClientOptions(opts []ClientOption) clientOptions {
 	for _, opt := range opts {
 		opt.applyClient(&o)
 	}
+	o.bufSize = min(o.bufSize, o.maxFrameSize)
 	return o
 }
 
@@ -98,8 +107,12 @@ func (n maxFrameSize) applyClient(o *clientOptions) { o.maxFrameSize = int(n) }
 
 // WithMaxFrameSize sets the largest frame, header included, this side
 // accepts (default protocol.DefaultMaxFrameSize, 16 MiB). A frame announcing
-// more is refused on its header and its connection closed. n <= 0 keeps the
-// default.
+// more is refused on its header and its connection closed: a client's call
+// whose reply is refused fails with protocol.ErrFrameTooLarge, and one whose
+// request the server refuses fails with a connection error. Any positive
+// n is taken (below protocol.HeaderSize, every frame is refused); n <= 0
+// keeps the default. Memory for a frame grows with the bytes that arrive,
+// not with the size its header announces.
 func WithMaxFrameSize(n int) Option {
 	if n <= 0 {
 		n = protocol.DefaultMaxFrameSize
@@ -154,7 +167,10 @@ func WithDialTimeout(d time.Duration) ClientOption {
 // progress: for a request to arrive while none is in flight, and for the
 // client to take its replies (default DefaultIdleTimeout). A connection that
 // makes none in that time is closed, so a peer that vanished or never reads
-// costs nothing for long. A client's pings count as traffic.
+// costs nothing for long. A client's pings count as traffic. The timing
+// wheel's tick is 1/64 of d, at least 10 ms: a connection closes between d
+// and d plus a tick (at least 10 ms) after its last progress. d <= 0 keeps
+// the default.
 func WithIdleTimeout(d time.Duration) ServerOption {
 	return serverFunc(func(o *serverOptions) {
 		if d > 0 {
@@ -173,8 +189,10 @@ func (n bufSize) applyClient(o *clientOptions) { o.bufSize = int(n) }
 // whole life: a connection takes one from a pool when bytes arrive and
 // gives it back once every frame in it is handed over, so idle
 // connections hold none, and a large one costs memory only while a
-// connection is reading. A frame larger than the buffer gets a buffer of
-// its own size (up to the frame limit).
+// connection is reading. A frame larger than the buffer gets a larger
+// one, grown by doubling as its bytes arrive (up to the frame limit).
+// Values above the frame limit are taken as the frame limit; n <= 0 keeps
+// the default.
 func WithBufferSize(n int) Option {
 	if n <= 0 {
 		n = DefaultBufferSize
@@ -183,12 +201,14 @@ func WithBufferSize(n int) Option {
 }
 
 // WithConns sets how many connections the client spreads its calls over
-// (default 1). One connection carries any number of calls at once; a few
-// can help when one connection's reader or writer becomes the bottleneck.
+// (default 1, at most MaxConnsCap). One connection carries any number of
+// calls at once; a few can help when one connection's reader or writer
+// becomes the bottleneck. Dial connects the first; the others connect on
+// their first call. n <= 0 keeps the default.
 func WithConns(n int) ClientOption {
 	return clientFunc(func(o *clientOptions) {
 		if n > 0 {
-			o.conns = n
+			o.conns = min(n, MaxConnsCap)
 		}
 	})
 }
@@ -196,16 +216,27 @@ func WithConns(n int) ClientOption {
 // WithPingInterval sets how long a connection may stay silent before the
 // client sends a ping (default DefaultPingInterval). A connection that stays
 // silent for two intervals more (no pong, no reply) is declared dead: its
-// calls fail and the next call connects again. 0 or less disables pings.
+// calls fail and the next call connects again. That holds whatever is
+// queued for the server: a server that stops reading, so that the
+// client's queue is full and no ping can be queued, is found dead all the
+// same. Positive intervals below MinPingInterval are taken as it; 0 or
+// less disables pings.
 func WithPingInterval(d time.Duration) ClientOption {
-	return clientFunc(func(o *clientOptions) { o.pingInterval = d })
+	return clientFunc(func(o *clientOptions) {
+		if d > 0 {
+			d = max(d, MinPingInterval)
+		}
+		o.pingInterval = d
+	})
 }
 
-// WithMaxQueuedBytes bounds the encoded requests waiting for the writer of
-// one connection (default DefaultMaxQueuedBytes). Past it, Call and Notify
-// wait for room (as long as their ctx allows) and Go waits on a goroutine of
-// its own, so that a server that stops reading cannot make the client grow
-// without bound.
+// WithMaxQueuedBytes bounds the encoded requests of one connection that
+// wait to be written (default DefaultMaxQueuedBytes). Past it, Call and
+// Notify wait for room (as long as their ctx allows) and Go waits on a
+// goroutine of its own, so that a server that stops reading cannot make
+// the client grow without bound. One request is always let in when
+// nothing waits, however large; so with n = 1 requests go one at a time.
+// n <= 0 keeps the default.
 func WithMaxQueuedBytes(n int) ClientOption {
 	return clientFunc(func(o *clientOptions) {
 		if n > 0 {
@@ -214,22 +245,31 @@ func WithMaxQueuedBytes(n int) ClientOption {
 	})
 }
 
-// WithMaxInFlight bounds the requests of one connection that the server has
-// read but whose reply it has not yet written (default DefaultMaxInFlight).
-// At the bound the server stops reading that connection until replies go
-// out: back-pressure, instead of more goroutines and memory.
+// WithMaxInFlight bounds the requests (and pings) of one connection that
+// the server has read but whose reply it has not yet written (default
+// DefaultMaxInFlight, at most MaxInFlightCap). At the bound the server
+// stops reading that connection until replies go out: back-pressure,
+// instead of more goroutines and memory. Reading resumes below 7/8 of the
+// bound (with n = 1, once the reply is written). n <= 0 keeps the default.
 func WithMaxInFlight(n int) ServerOption {
 	return serverFunc(func(o *serverOptions) {
 		if n > 0 {
-			o.maxInFlight = n
+			o.maxInFlight = min(n, MaxInFlightCap)
 		}
 	})
 }
 
 // WithMaxBytesInFlight is WithMaxInFlight counted in bytes: the requests read
 // and the replies not yet written, of one connection (default
-// DefaultMaxBytesInFlight). One request is always let in, however large
-// (up to the frame limit).
+// DefaultMaxBytesInFlight). Reading stops at the bound; one request is
+// always let in, however large (up to the frame limit). Replies count
+// when they exist: a reply that would take the connection past the bound
+// while other replies still wait to be written is refused, and the
+// caller gets a ServerError that says so ("reply of N bytes refused"),
+// so that a client that does not read its replies cannot make the server
+// hold more. One reply is always let in when none waits. A client that
+// makes many concurrent calls with large replies needs a bound that
+// holds them. n <= 0 keeps the default.
 func WithMaxBytesInFlight(n int) ServerOption {
 	return serverFunc(func(o *serverOptions) {
 		if n > 0 {
@@ -248,6 +288,7 @@ func (n reactors) applyClient(o *clientOptions) { o.reactors = int(n) }
 // one group of GOMAXPROCS reactors by default (started by the first Dial,
 // stopped when the last Client closes); with this option a client has n
 // of its own. Each connection belongs to one reactor for its whole life.
+// n <= 0 is taken as 1.
 func WithReactors(n int) Option {
 	if n <= 0 {
 		n = 1
@@ -256,10 +297,12 @@ func WithReactors(n int) Option {
 }
 
 // WithWorkers bounds the goroutines that run a server's methods (default
-// DefaultWorkers). They are started on demand and leave when idle. A
-// request that finds every worker busy is answered at once with a
-// ServerError ("server overloaded"), never dropped and never queued on the
-// reactor.
+// DefaultWorkers): an ants/v2 pool of the server's own. They are started
+// on demand and leave after a second or two idle. A request that finds
+// every worker busy is answered at once with a ServerError ("server
+// overloaded"), never queued on the reactor; a one-way request then has
+// no one to tell, and is dropped (logged at Debug level). n <= 0 keeps
+// the default.
 func WithWorkers(n int) ServerOption {
 	return serverFunc(func(o *serverOptions) {
 		if n > 0 {

@@ -10,12 +10,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/panjf2000/ants/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/rpcsteps/rpcsteps/shared/protocol"
 	"github.com/rpcsteps/rpcsteps/shared/service"
 	"github.com/rpcsteps/rpcsteps/v4-epoll-batch/internal/poller"
-	"github.com/rpcsteps/rpcsteps/v4-epoll-batch/internal/workers"
 )
 
 // Server serves the methods of registered receivers from a main reactor,
@@ -36,11 +36,12 @@ type Server struct {
 	done      chan struct{}
 	loops     []*loop
 	next      int
-	workers   *workers.Pool
+	workers   *ants.PoolWithFuncGeneric[*task] // runs the methods; made by the first Serve
 	acceptors map[*acceptor]struct{}
 	rings     *sync.Pool // lent to busy connections (see conn.ring)
 
 	overloaded atomic.Int64
+	busy       atomic.Int32 // workers running a method now
 }
 
 // NewServer returns a server with no services. It starts nothing: the
@@ -143,7 +144,15 @@ func (s *Server) startAcceptor(lfd int) (*acceptor, error) {
 			s.loops = append(s.loops, l)
 			go l.run()
 		}
-		s.workers = workers.New(s.opts.workers, 10*time.Second)
+		w, err := newWorkers(s)
+		if err != nil {
+			for _, l := range s.loops {
+				l.stop()
+			}
+			s.loops = nil
+			return nil, err
+		}
+		s.workers = w
 	}
 	p, err := poller.New()
 	if err != nil {
@@ -240,8 +249,8 @@ func (s *Server) adopt(fd int) {
 	}
 }
 
-// serverSide handles a server connection's frames: each request is copied
-// out of the input buffer and run on a worker.
+// serverSide handles a server connection's frames: a request goes to a
+// worker with a copy of its bytes; a ping is answered on the spot.
 type serverSide struct{ s *Server }
 
 func (ss *serverSide) attached(c *conn) {
@@ -256,28 +265,42 @@ func (ss *serverSide) closed(c *conn, err error) {
 	}
 }
 
+// written: each frame written answers one request (or ping) in flight.
+func (ss *serverSide) written(c *conn, n, bytes int64) { c.settle(n, bytes) }
+
 func (ss *serverSide) frame(c *conn, raw []byte, f *protocol.Frame) {
 	c.hold(len(raw))
 	switch f.Type {
 	case protocol.TypeRequest, protocol.TypeOneway:
-		bp := getBuf()
-		*bp = append((*bp)[:0], raw...) // the input buffer moves on; the worker gets a copy
-		size := len(raw)
-		if ss.s.workers.TrySubmit(func() { ss.handle(c, bp, size) }) {
+		t := taskPool.Get().(*task)
+		t.c, t.size = c, len(raw)
+		t.bp = getBuf()
+		*t.bp = append((*t.bp)[:0], raw...) // the input buffer moves on; the worker gets a copy
+		t.f = *f
+		rebase(&t.f, *t.bp) // parsed once, here, against this server's frame limit
+		err := ss.s.workers.Invoke(t)
+		if err == nil {
 			return
 		}
-		// Every worker is busy: answer now, from the reactor, which never
-		// waits for a worker.
-		putBuf(bp)
+		// Every worker is busy (ants.ErrPoolOverload), or the pool is
+		// closed: answer now, from the reactor, which never waits for a
+		// worker.
+		putBuf(t.bp)
+		*t = task{}
+		taskPool.Put(t)
 		ss.s.overloaded.Add(1)
-		if f.Type == protocol.TypeOneway {
-			ss.s.opts.logger.Debug("epollbatch: overloaded; one-way request dropped", "method", string(f.Method))
-			c.settle(1, int64(size))
+		if f.Type == protocol.TypeOneway { // no one to tell: dropped, and logged
+			ss.s.opts.logger.Debug("epollbatch: overloaded; one-way request dropped", "method", string(f.Method), "err", err)
+			c.settle(1, int64(len(raw)))
 			return
 		}
 		out := getBuf()
-		*out = service.AppendError((*out)[:0], &f.Header, fmt.Sprintf("epollbatch: server overloaded (%d workers busy)", ss.s.workers.Size()))
-		c.inBytes.Add(int64(len(*out) - size))
+		msg := fmt.Sprintf("epollbatch: server overloaded (%d workers busy)", ss.s.workers.Cap())
+		if !errors.Is(err, ants.ErrPoolOverload) {
+			msg = "epollbatch: server closing"
+		}
+		*out = service.AppendError((*out)[:0], &f.Header, msg)
+		c.inBytes.Add(int64(len(*out) - len(raw)))
 		c.sendLocal(out)
 	case protocol.TypePing:
 		out := getBuf()
@@ -289,21 +312,93 @@ func (ss *serverSide) frame(c *conn, raw []byte, f *protocol.Frame) {
 	}
 }
 
-// handle runs one request on a worker and queues its reply.
-func (ss *serverSide) handle(c *conn, bp *[]byte, size int) {
-	var f protocol.Frame
-	protocol.Parse(*bp, 0, &f) // checked by the reactor already
+// rebase points f's sections into b, a copy of the bytes f was parsed
+// from: the sections follow the header in wire order (method, error text,
+// body), so their lengths place them.
+func rebase(f *protocol.Frame, b []byte) {
+	m := protocol.HeaderSize + len(f.Method)
+	e := m + len(f.Error)
+	f.Method, f.Error, f.Body = b[protocol.HeaderSize:m:m], b[m:e:e], b[e:len(b):len(b)]
+}
+
+// task is one request handed to a worker: its connection, a copy of its
+// bytes and the frame parsed from them. Tasks are pooled: handing one
+// over allocates nothing.
+type task struct {
+	c    *conn
+	bp   *[]byte
+	f    protocol.Frame // its sections alias *bp
+	size int            // the request's size, counted in flight
+}
+
+var taskPool = sync.Pool{New: func() any { return new(task) }}
+
+// Workers: the server's methods run on an ants pool of its own, made by
+// the first Serve and released by Close or Shutdown. Submitting never
+// waits (a full pool answers "overloaded"), and a worker idle for
+// workerIdle leaves at the pool's next purge, so an idle server keeps
+// none for more than twice that.
+const workerIdle = time.Second
+
+func newWorkers(s *Server) (*ants.PoolWithFuncGeneric[*task], error) {
+	return ants.NewPoolWithFuncGeneric(s.opts.workers, s.run,
+		ants.WithNonblocking(true),
+		ants.WithExpiryDuration(workerIdle),
+		ants.WithLogger(silentAnts{}),
+		ants.WithPanicHandler(func(p any) {
+			// Registry.Handle recovers the methods' panics: this is a bug here.
+			s.opts.logger.Error("epollbatch: worker panicked", "panic", p)
+		}))
+}
+
+// silentAnts keeps ants from writing to stderr: the library is silent.
+type silentAnts struct{}
+
+func (silentAnts) Printf(string, ...any) {}
+
+// run runs one request on a worker and queues its reply.
+func (s *Server) run(t *task) {
+	s.busy.Add(1)
+	c, size, h := t.c, t.size, t.f.Header
 	out := getBuf()
-	*out = ss.s.reg.Handle(ss.s.ctx, &f, (*out)[:0])
-	putBuf(bp)
+	*out = s.reg.Handle(s.ctx, &t.f, (*out)[:0])
+	putBuf(t.bp)
+	*t = task{}
+	taskPool.Put(t)
+	s.busy.Add(-1)
 	if len(*out) == 0 { // one-way: done
 		putBuf(out)
 		c.settle(1, int64(size))
 		c.l.schedule(c) // reading may resume, or the connection finish
 		return
 	}
-	c.inBytes.Add(int64(len(*out) - size))
+	out = c.admitReply(out, size, &h)
 	c.send(context.Background(), out) // fails only when the connection is closed
+}
+
+// admitReply counts a reply in the connection's bytes in flight, in place
+// of its request (reqSize bytes), and returns the frame to queue. A reply
+// that would take the connection past WithMaxBytesInFlight while other
+// replies still wait to be written is refused: an error reply goes in
+// its place, so that a client that does not read cannot make the server
+// hold more than the limit. One reply is always let in when none waits,
+// however large (up to the frame limit). Any worker goroutine.
+func (c *conn) admitReply(out *[]byte, reqSize int, h *protocol.Header) *[]byte {
+	c.replyMu.Lock()
+	defer c.replyMu.Unlock()
+	n := int64(len(*out))
+	held, waiting := c.inBytes.Load()-int64(reqSize), c.outBytes.Load()
+	if held+n > c.maxBytes && waiting > 0 {
+		putBuf(out)
+		out = getBuf()
+		*out = service.AppendError((*out)[:0], h, fmt.Sprintf(
+			"epollbatch: reply of %d bytes refused: the connection already holds %d bytes not yet written (WithMaxBytesInFlight %d); the client is not reading its replies",
+			n, held, c.maxBytes))
+		n = int64(len(*out))
+	}
+	c.inBytes.Add(n - int64(reqSize))
+	c.outBytes.Add(n)
+	return out
 }
 
 func (s *Server) closing() bool {
@@ -384,7 +479,9 @@ func (s *Server) stopAll(loops []*loop) {
 	w := s.workers
 	s.mu.Unlock()
 	if w != nil {
-		go w.Close()
+		// No new task from here; idle workers leave now, busy ones when
+		// their method returns.
+		w.Release()
 	}
 }
 
@@ -401,8 +498,9 @@ func (s *Server) Stats() ServerStats {
 		st.InFlight += int(l.inflight.Load())
 	}
 	if w != nil {
-		st.Workers, st.WorkersBusy = w.Running(), w.Busy()
+		st.Workers = w.Running()
 	}
+	st.WorkersBusy = int(s.busy.Load())
 	st.Overloaded = s.overloaded.Load()
 	return st
 }
