@@ -75,6 +75,7 @@ type conn struct {
 	// Owned by the loop's goroutine.
 	in       *[]byte // input: frames from r to w; nil while idle
 	r, w     int
+	inSmall  bool // in is a small buffer holding only a partial frame (see releaseIn)
 	interest poller.Events
 	out      []*[]byte // drained from the ring, not yet fully written
 	outOff   int       // bytes of out[0] already written
@@ -270,14 +271,22 @@ func (c *conn) onReadable() {
 // the header announces at once: a peer that announces 16 MiB and sends
 // 64 KiB costs at most twice what it sent.
 func (c *conn) room() bool {
-	if c.in == nil {
+	if c.in == nil || c.inSmall {
+		var in *[]byte
 		if bp, ok := inPool.Get().(*[]byte); ok && cap(*bp) >= c.bufSize {
-			c.in = bp
+			in = bp
 		} else {
 			b := make([]byte, c.bufSize)
-			c.in = &b
+			in = &b
 		}
-		*c.in = (*c.in)[:cap(*c.in)]
+		*in = (*in)[:cap(*in)]
+		if c.in != nil { // the partial frame kept aside moves back in
+			c.w = copy(*in, (*c.in)[c.r:c.w])
+			c.r = 0
+			putBuf(c.in)
+			c.inSmall = false
+		}
+		c.in = in
 	}
 	if c.w < len(*c.in) {
 		return true
@@ -304,12 +313,30 @@ func (c *conn) room() bool {
 }
 
 // releaseIn gives back the input buffer of a connection with nothing
-// buffered: 10,000 idle connections hold no input buffers.
+// buffered: 10,000 idle connections hold no input buffers. A connection
+// left with a partial frame much smaller than its buffer keeps only that
+// frame's bytes, in a small buffer, until more arrive: a peer that sends
+// a few bytes and stops costs a few bytes, not an input buffer.
 func (c *conn) releaseIn() {
-	if c.in == nil || c.r != c.w {
+	if c.in == nil || c.inSmall {
 		return
 	}
+	if n := c.w - c.r; n > 0 {
+		if n > cap(*c.in)/8 || n >= c.bufSize/2 { // worth keeping the buffer; or room must fit it again
+			return
+		}
+		small := getBuf()
+		*small = append((*small)[:0], (*c.in)[c.r:c.w]...)
+		c.putIn()
+		c.in, c.r, c.w, c.inSmall = small, 0, n, true
+		return
+	}
+	c.putIn()
 	c.r, c.w = 0, 0
+}
+
+// putIn gives the input buffer back and leaves the connection without one.
+func (c *conn) putIn() {
 	if cap(*c.in) <= maxPooledBuf { // grown buffers too: the next large frame needs one again
 		inPool.Put(c.in)
 	}
@@ -583,5 +610,9 @@ func (c *conn) dropBuffers(err error) {
 	}
 	c.out, c.iov = nil, nil
 	c.r, c.w = 0, 0
+	if c.inSmall {
+		putBuf(c.in)
+		c.in, c.inSmall = nil, false
+	}
 	c.releaseIn()
 }

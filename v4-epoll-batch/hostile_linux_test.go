@@ -435,3 +435,22 @@ func (slow) Sleep(args []byte, reply *[]byte) error {
 	time.Sleep(d)
 	return nil
 }
+
+// 6c. Peers that send the start of a frame and stop (a slow-loris) each
+// cost about what they sent, not an input buffer (64 KiB) each.
+func TestPartialFramesCostWhatArrived(t *testing.T) {
+	s, _ := newTestServer(t)
+	frame := request(1, "echo.Echo", []byte("never finished"))
+	before := heapInuse()
+	const peers = 200
+	for i := range peers {
+		nc := serverPair(t, s)
+		_, err := nc.Write(frame[:1+i%(len(frame)-1)]) // 1 byte to all but the last
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool { return s.Stats().Conns == peers }, 2*time.Second, time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	growth := heapGrowth(before)
+	t.Logf("%d peers with a partial frame each: the server holds %d bytes more per peer", peers, growth/peers)
+	require.Less(t, growth/peers, int64(4<<10), "each partial frame holds an input buffer")
+}
