@@ -378,7 +378,7 @@ func (c *conn) hold(size int) {
 	}
 	n, b := c.inflight.Add(1), c.inBytes.Add(int64(size))
 	c.l.inflight.Add(1)
-	if c.maxInFlight > 0 && (n >= c.maxInFlight || (b >= c.maxBytes && n > 1)) {
+	if c.maxInFlight > 0 && (n >= c.maxInFlight || b >= c.maxBytes) {
 		c.paused = true
 		c.setInterest(c.interest &^ (poller.Readable | poller.RDHup))
 	}

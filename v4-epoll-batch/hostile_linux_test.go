@@ -454,3 +454,32 @@ func TestPartialFramesCostWhatArrived(t *testing.T) {
 	t.Logf("%d peers with a partial frame each: the server holds %d bytes more per peer", peers, growth/peers)
 	require.Less(t, growth/peers, int64(4<<10), "each partial frame holds an input buffer")
 }
+
+// 6d. Requests in flight are bounded in bytes too: a peer that sends 64
+// requests of 1 MiB to a method that does not return makes the server
+// hold the limit (4 MiB) and one request more, not 64 MiB.
+func TestRequestBytesBounded(t *testing.T) {
+	s, g := newTestServer(t)
+	nc := serverPair(t, s)
+	body := make([]byte, 1<<20)
+	before := heapInuse()
+	wrote := make(chan int, 1)
+	go func() {
+		n := 0
+		for seq := uint64(1); seq <= 64; seq++ {
+			nc.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+			k, err := nc.Write(request(seq, "gate.Wait", body))
+			n += k
+			if err != nil {
+				break
+			}
+		}
+		wrote <- n
+	}()
+	n := <-wrote
+	growth := heapGrowth(before)
+	held := g.running.Load()
+	t.Logf("peer wrote %d KiB; %d requests held by the method; the server holds %d KiB more", n>>10, held, growth>>10)
+	require.LessOrEqual(t, held, int32(DefaultMaxBytesInFlight>>20)+1)
+	require.Less(t, growth, int64(DefaultMaxBytesInFlight+3<<20+512<<10), "requests in flight past the byte limit")
+}
