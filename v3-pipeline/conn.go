@@ -48,9 +48,15 @@ type conn struct {
 	frames    int           // how many
 	room      chan struct{} // closed when the writer takes wbuf; nil if no one waits
 	err       error         // why the connection is dead; nil while alive
-	lastRecv  time.Time     // when a frame last arrived
-	pingSent  time.Time     // when the outstanding ping left; zero if none
+	pingSent  time.Duration // when the outstanding ping left (see born); 0 if none
 	heartbeat *time.Timer
+
+	// The heartbeat's clock: times are durations since born (a monotonic
+	// reading). lastRecv is when bytes last arrived, set by the reader on
+	// every read, so that a large reply still arriving counts as a sign
+	// of life though no whole frame has come for a while.
+	born     time.Time
+	lastRecv atomic.Int64
 
 	wake chan struct{} // tells the writer there is work; capacity 1
 	done chan struct{} // closed when the connection dies
@@ -58,12 +64,12 @@ type conn struct {
 
 func newConn(c *Client, nc net.Conn) *conn {
 	mc := &conn{
-		c:        c,
-		nc:       nc,
-		pending:  make(map[uint64]*Call),
-		lastRecv: time.Now(),
-		wake:     make(chan struct{}, 1),
-		done:     make(chan struct{}),
+		c:       c,
+		nc:      nc,
+		pending: make(map[uint64]*Call),
+		born:    time.Now(),
+		wake:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
 	}
 	go mc.readLoop()
 	go mc.writeLoop()
@@ -226,10 +232,20 @@ func (mc *conn) writeLoop() {
 	}
 }
 
+// Read reads from the connection for the reader's bufio.Reader, and
+// records when bytes arrive.
+func (mc *conn) Read(p []byte) (int, error) {
+	n, err := mc.nc.Read(p)
+	if n > 0 {
+		mc.lastRecv.Store(int64(time.Since(mc.born)))
+	}
+	return n, err
+}
+
 // readLoop reads replies and completes their calls, until the connection
 // fails.
 func (mc *conn) readLoop() {
-	br := bufio.NewReaderSize(mc.nc, mc.c.opts.bufSize)
+	br := bufio.NewReaderSize(mc, mc.c.opts.bufSize)
 	var rbuf []byte
 	var f protocol.Frame
 	for {
@@ -239,8 +255,6 @@ func (mc *conn) readLoop() {
 			return
 		}
 		mc.mu.Lock()
-		mc.lastRecv = time.Now()
-		mc.pingSent = time.Time{}
 		var call *Call
 		switch f.Type {
 		case protocol.TypeReply:
@@ -314,8 +328,11 @@ func (mc *conn) fail(err error) {
 var errNoPong = errors.New("pipeline: connection silent: no reply to ping")
 
 // beat runs every ping interval: it pings a connection that has been
-// silent for an interval, and declares it dead when a ping has gone
-// unanswered for two more.
+// silent for an interval, and declares it dead when nothing has arrived
+// for two more since the ping left. The ping goes in the queue whatever is
+// already there, and the clock runs from then: a server that stopped
+// reading, so that the writer is stuck on a full socket, is found dead
+// all the same.
 func (mc *conn) beat() {
 	d := mc.c.opts.pingInterval
 	mc.mu.Lock()
@@ -323,14 +340,17 @@ func (mc *conn) beat() {
 		mc.mu.Unlock()
 		return
 	}
-	now := time.Now()
-	if !mc.pingSent.IsZero() && now.Sub(mc.pingSent) >= 2*d {
+	now, last := time.Since(mc.born), time.Duration(mc.lastRecv.Load())
+	if mc.pingSent != 0 && last >= mc.pingSent {
+		mc.pingSent = 0 // the server has sent something since the ping
+	}
+	if mc.pingSent != 0 && now-mc.pingSent >= 2*d {
 		mc.mu.Unlock()
 		mc.c.timeouts.Add(1)
 		mc.fail(errNoPong)
 		return
 	}
-	if mc.pingSent.IsZero() && now.Sub(mc.lastRecv) >= d {
+	if mc.pingSent == 0 && now-last >= d {
 		mc.pingSent = now
 		h := protocol.Header{Type: protocol.TypePing, Seq: mc.seq.Add(1)}
 		mc.wbuf, _ = protocol.AppendFrame(mc.wbuf, &h, "", "", nil)

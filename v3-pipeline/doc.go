@@ -11,10 +11,15 @@
 //
 // A connection that breaks fails its pending calls at once, and the next
 // call connects again (after a failed dial, with a growing pause). An idle
-// connection is pinged; one that stays silent is found dead. The server
-// stops reading a connection that has too many requests in flight
+// connection is pinged; one that stays silent is found dead, even when
+// what the client sends is stuck behind a server that stopped reading. The
+// server stops reading a connection that has too many requests in flight
 // (WithMaxInFlight, WithMaxBytesInFlight), so that a client that never reads
-// its replies cannot exhaust it.
+// its replies cannot exhaust it. The bytes in flight count the replies not
+// yet written too: a reply that would take a connection past
+// WithMaxBytesInFlight while other replies still wait to be written is
+// refused, and its caller gets a ServerError saying so; a reply alone is
+// always let in, however large.
 //
 // # Methods
 //

@@ -51,6 +51,13 @@ const (
 	DefaultMaxQueuedBytes   = 4 << 20
 )
 
+// The bounds of some options; values past them are taken as them.
+const (
+	MaxBufferSize   = 16 << 20              // WithBufferSize: a connection owns its buffer for its whole life
+	MaxConnsCap     = 1024                  // WithConns
+	MinPingInterval = 10 * time.Millisecond // WithPingInterval: shorter positive intervals are taken as this
+)
+
 func newServerOptions(opts []ServerOption) serverOptions {
 	o := serverOptions{
 		maxFrameSize:     protocol.DefaultMaxFrameSize,
@@ -63,6 +70,7 @@ func newServerOptions(opts []ServerOption) serverOptions {
 	for _, opt := range opts {
 		opt.applyServer(&o)
 	}
+	o.bufSize = min(o.bufSize, o.maxFrameSize, MaxBufferSize) // no frame needs more
 	return o
 }
 
@@ -80,6 +88,7 @@ func newClientOptions(opts []ClientOption) clientOptions {
 	for _, opt := range opts {
 		opt.applyClient(&o)
 	}
+	o.bufSize = min(o.bufSize, o.maxFrameSize, MaxBufferSize)
 	return o
 }
 
@@ -90,8 +99,12 @@ func (n maxFrameSize) applyClient(o *clientOptions) { o.maxFrameSize = int(n) }
 
 // WithMaxFrameSize sets the largest frame, header included, this side
 // accepts (default protocol.DefaultMaxFrameSize, 16 MiB). A frame announcing
-// more is refused on its header and its connection closed. n <= 0 keeps the
-// default.
+// more is refused on its header and its connection closed: a client's call
+// whose reply is refused fails with protocol.ErrFrameTooLarge, and one whose
+// request the server refuses fails with a connection error. Any positive n
+// is taken (below protocol.HeaderSize, every frame is refused); n <= 0 keeps
+// the default. Memory for a frame grows with the bytes that arrive, not with
+// the size its header announces.
 func WithMaxFrameSize(n int) Option {
 	if n <= 0 {
 		n = protocol.DefaultMaxFrameSize
@@ -133,7 +146,9 @@ func WithCodec(c codec.Codec) ClientOption {
 }
 
 // WithDialTimeout bounds how long connecting may take (default
-// DefaultDialTimeout); a call's ctx deadline bounds it too.
+// DefaultDialTimeout); a call's ctx deadline bounds it too. A dial that
+// takes longer fails with an error for which
+// errors.Is(err, context.DeadlineExceeded). d <= 0 keeps the default.
 func WithDialTimeout(d time.Duration) ClientOption {
 	return clientFunc(func(o *clientOptions) {
 		if d > 0 {
@@ -146,7 +161,11 @@ func WithDialTimeout(d time.Duration) ClientOption {
 // progress: for a request to arrive while none is in flight, and for the
 // client to take its replies (default DefaultIdleTimeout). A connection that
 // makes none in that time is closed, so a peer that vanished or never reads
-// costs nothing for long. A client's pings count as traffic.
+// costs nothing for long. A client's pings count as traffic, and so does
+// each part of a reply the client takes: a large reply read slowly but
+// steadily is not cut off. d is taken as given: one shorter than a round
+// trip closes connections before their first request arrives, and their
+// calls fail with a connection error. d <= 0 keeps the default.
 func WithIdleTimeout(d time.Duration) ServerOption {
 	return serverFunc(func(o *serverOptions) {
 		if d > 0 {
@@ -162,7 +181,9 @@ func (n bufSize) applyClient(o *clientOptions) { o.bufSize = int(n) }
 
 // WithBufferSize sets the size of the read buffer each connection owns for
 // its whole life (default DefaultBufferSize). Larger frames are read through
-// it in pieces.
+// it in pieces, so any size works: below 16 bytes (bufio's least) it is 16.
+// Values above the frame limit, or above MaxBufferSize, are taken as the
+// smaller of the two, since no frame needs more. n <= 0 keeps the default.
 func WithBufferSize(n int) Option {
 	if n <= 0 {
 		n = DefaultBufferSize
@@ -171,29 +192,42 @@ func WithBufferSize(n int) Option {
 }
 
 // WithConns sets how many connections the client spreads its calls over
-// (default 1). One connection carries any number of calls at once; a few
-// can help when one connection's reader or writer becomes the bottleneck.
+// (default 1, at most MaxConnsCap). One connection carries any number of
+// calls at once; a few can help when one connection's reader or writer
+// becomes the bottleneck. Dial connects the first; the others connect on
+// their first call. n <= 0 keeps the default.
 func WithConns(n int) ClientOption {
 	return clientFunc(func(o *clientOptions) {
 		if n > 0 {
-			o.conns = n
+			o.conns = min(n, MaxConnsCap)
 		}
 	})
 }
 
 // WithPingInterval sets how long a connection may stay silent before the
 // client sends a ping (default DefaultPingInterval). A connection that stays
-// silent for two intervals more (no pong, no reply) is declared dead: its
-// calls fail and the next call connects again. 0 or less disables pings.
+// silent for two intervals more (no pong, no byte of a reply) is declared
+// dead: its calls fail and the next call connects again. That holds
+// whatever is queued for the server: the ping does not wait for room in
+// the queue, so a server that stops reading is found dead all the same.
+// Positive intervals below MinPingInterval are taken as it; 0 or less
+// disables pings.
 func WithPingInterval(d time.Duration) ClientOption {
-	return clientFunc(func(o *clientOptions) { o.pingInterval = d })
+	return clientFunc(func(o *clientOptions) {
+		if d > 0 {
+			d = max(d, MinPingInterval)
+		}
+		o.pingInterval = d
+	})
 }
 
 // WithMaxQueuedBytes bounds the encoded requests waiting for the writer of
 // one connection (default DefaultMaxQueuedBytes). Past it, Call and Notify
 // wait for room (as long as their ctx allows) and Go waits on a goroutine of
 // its own, so that a server that stops reading cannot make the client grow
-// without bound.
+// without bound. One request is always let in when the queue is empty,
+// however large; so with n = 1 requests are queued one at a time. n <= 0
+// keeps the default.
 func WithMaxQueuedBytes(n int) ClientOption {
 	return clientFunc(func(o *clientOptions) {
 		if n > 0 {
@@ -202,10 +236,13 @@ func WithMaxQueuedBytes(n int) ClientOption {
 	})
 }
 
-// WithMaxInFlight bounds the requests of one connection that the server has
-// read but whose reply it has not yet written (default DefaultMaxInFlight).
-// At the bound the server stops reading that connection until replies go
-// out: back-pressure, instead of more goroutines and memory.
+// WithMaxInFlight bounds the requests (and pings) of one connection that
+// the server has read but whose reply it has not yet written (default
+// DefaultMaxInFlight). At the bound the server stops reading that
+// connection until replies go out: back-pressure, instead of more
+// goroutines and memory. With n = 1 a connection's requests run one after
+// another. Any positive n is taken (WithMaxBytesInFlight still bounds the
+// memory); n <= 0 keeps the default.
 func WithMaxInFlight(n int) ServerOption {
 	return serverFunc(func(o *serverOptions) {
 		if n > 0 {
@@ -216,8 +253,21 @@ func WithMaxInFlight(n int) ServerOption {
 
 // WithMaxBytesInFlight is WithMaxInFlight counted in bytes: the requests read
 // and the replies not yet written, of one connection (default
-// DefaultMaxBytesInFlight). One request is always let in, however large
-// (up to the frame limit).
+// DefaultMaxBytesInFlight). Reading stops at the bound; one request is
+// always let in, however large (up to the frame limit).
+//
+// Replies count when they exist: a reply that would take the connection
+// past the bound while other replies still wait to be written is refused,
+// and its caller gets a ServerError that says so ("pipeline: reply of N
+// bytes refused: the connection already holds M bytes not yet written
+// ..."), so that a client that does not read its replies cannot make the
+// server hold more. (The error reply in its place, like a pong, is a few
+// hundred bytes at most, and always goes.) One reply is always let in
+// when none waits, however large (up to the frame limit): a single large
+// call always works. A client that makes many concurrent calls with large
+// replies needs a bound that holds them. With n = 1 a connection's
+// requests run one after another, and no reply is refused. n <= 0 keeps
+// the default.
 func WithMaxBytesInFlight(n int) ServerOption {
 	return serverFunc(func(o *serverOptions) {
 		if n > 0 {

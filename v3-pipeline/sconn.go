@@ -3,6 +3,7 @@ package pipeline
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rpcsteps/rpcsteps/shared/protocol"
+	"github.com/rpcsteps/rpcsteps/shared/service"
 )
 
 // sconn is one connection of a server. Its reader reads requests and starts
@@ -25,16 +27,24 @@ import (
 // Back-pressure: a request counts as in flight from the moment it is read
 // until its reply is written (a one-way request: until it has run). At
 // WithMaxInFlight requests, or WithMaxBytesInFlight bytes of requests and
-// queued replies, the reader stops reading until the writer gets replies
-// out. A client that never reads its replies thus stops being read: the
-// server's memory for it stays bounded, and the idle timeout ends it.
+// replies not yet written, the reader stops reading until the writer gets
+// replies out. A client that never reads its replies thus stops being
+// read, and the idle timeout ends it.
+//
+// Stopping the reader is not enough on its own: a few small requests can
+// ask for large replies. So a reply counts against the same bound when it
+// is queued: one that would take the connection past it while other
+// replies still wait to be written is refused, and a short error reply
+// goes in its place (see queue). The server's memory for a connection
+// stays within the bound, replies included.
 type sconn struct {
 	s  *Server
 	nc net.Conn
 
 	mu         sync.Mutex
 	inflight   int    // requests read whose reply is not yet written
-	bytes      int    // their frames, and the replies queued
+	bytes      int    // their frames (until the reply takes its place), and the replies not yet written
+	unwritten  int    // replies queued or being written
 	wbuf       []byte // replies waiting for the writer
 	frames     int    // how many
 	reading    bool   // a request has begun to arrive
@@ -101,7 +111,7 @@ func (sc *sconn) readLoop() {
 		case protocol.TypePing:
 			pong, _ := protocol.AppendFrame(nil, &protocol.Header{Type: protocol.TypePong, Seq: req.Seq}, "", "", nil)
 			putBuf(bp)
-			sc.queue(pong, size)
+			sc.queue(pong, size, nil)
 		default:
 			putBuf(bp)
 			sc.s.opts.logger.Debug("pipeline: unexpected frame from a client", "remote", sc.nc.RemoteAddr(), "type", req.Type)
@@ -170,15 +180,23 @@ func (sc *sconn) readerStop(err error) {
 func (sc *sconn) handle(req protocol.Frame, bp *[]byte, size int) {
 	out := bufPool.Get().(*[]byte)
 	*out = sc.s.reg.Handle(sc.s.ctx, &req, (*out)[:0])
+	h := req.Header
 	putBuf(bp) // the request's bytes are no longer needed
-	sc.queue(*out, size)
+	sc.queue(*out, size, &h)
 	putBuf(out)
 }
 
 // queue appends a reply (copied) to wbuf for the writer, in place of the
 // request it answers, whose size was reqSize. An empty reply (a one-way
 // request) ends the request's time in flight at once.
-func (sc *sconn) queue(reply []byte, reqSize int) {
+//
+// A reply to the request req (nil for a pong) that would take the bytes
+// not yet written past WithMaxBytesInFlight, while another reply still
+// waits to be written, is refused: an error reply of a few hundred bytes
+// goes in its place, so the caller learns why, and the server holds no
+// more for a client that does not read. When no other reply waits, the
+// reply goes, however large: a single large reply always works.
+func (sc *sconn) queue(reply []byte, reqSize int, req *protocol.Header) {
 	sc.mu.Lock()
 	if sc.closed {
 		sc.mu.Unlock()
@@ -190,9 +208,17 @@ func (sc *sconn) queue(reply []byte, reqSize int) {
 		sc.afterReleaseLocked()
 		return // afterReleaseLocked unlocked
 	}
-	sc.wbuf = append(sc.wbuf, reply...)
+	start := len(sc.wbuf)
+	if limit := sc.s.opts.maxBytesInFlight; req != nil && sc.unwritten > 0 && sc.bytes+len(reply) > limit {
+		sc.wbuf = service.AppendError(sc.wbuf, req, fmt.Sprintf(
+			"pipeline: reply of %d bytes refused: the connection already holds %d bytes not yet written (WithMaxBytesInFlight %d); the client is not reading its replies",
+			len(reply), sc.bytes, limit))
+	} else {
+		sc.wbuf = append(sc.wbuf, reply...)
+	}
 	sc.frames++
-	sc.bytes += len(reply)
+	sc.unwritten++
+	sc.bytes += len(sc.wbuf) - start
 	sc.mu.Unlock()
 	select {
 	case sc.wake <- struct{}{}:
@@ -203,6 +229,10 @@ func (sc *sconn) queue(reply []byte, reqSize int) {
 // afterReleaseLocked runs, with mu held, after requests left flight: the
 // reader may go on, the idle timeout may start, or, the reader having
 // stopped, the connection closes once nothing is in flight. It unlocks mu.
+//
+// The idle timeout starts even when a request is half read: its rest must
+// come within the timeout, as when it began with nothing in flight, or a
+// client could hold the connection for ever with half a frame.
 func (sc *sconn) afterReleaseLocked() {
 	if sc.waiting {
 		select {
@@ -210,7 +240,7 @@ func (sc *sconn) afterReleaseLocked() {
 		default:
 		}
 	}
-	if sc.inflight == 0 && !sc.readerDone && !sc.reading && !sc.stopping {
+	if sc.inflight == 0 && !sc.readerDone && !sc.stopping {
 		sc.setReadDeadlineLocked()
 	}
 	closeNow := sc.inflight == 0 && sc.readerDone
@@ -241,9 +271,7 @@ func (sc *sconn) writeLoop() {
 		// (spare is never wbuf: only buffers taken out here become spare.)
 		sc.wbuf, sc.frames = spare[:0], 0
 		sc.mu.Unlock()
-		// A client that takes no reply for the idle timeout is gone.
-		sc.nc.SetWriteDeadline(time.Now().Add(sc.s.opts.idleTimeout))
-		if _, err := sc.nc.Write(buf); err != nil {
+		if err := sc.write(buf); err != nil {
 			sc.s.logDrop(sc.nc, err)
 			sc.close()
 			return
@@ -252,12 +280,30 @@ func (sc *sconn) writeLoop() {
 		sc.s.frames.Add(int64(frames))
 		sc.mu.Lock()
 		sc.inflight -= frames
+		sc.unwritten -= frames
 		sc.bytes -= len(buf)
 		sc.afterReleaseLocked()
-		if cap(buf) <= sc.s.opts.maxBytesInFlight {
-			spare = buf // bounded by the bytes in flight
+		// Keep the buffer for the next swap only if it is small: while the
+		// next batch is written, the spare fills with the one after it, and
+		// the two together must stay near the bound, not twice it.
+		if cap(buf) <= sc.s.opts.maxBytesInFlight/4 {
+			spare = buf
 		} else {
-			spare = nil // a single reply larger than the bound: do not keep its buffer
+			spare = nil
+		}
+	}
+}
+
+// write writes buf. A client that takes none of it for the idle timeout
+// is gone; one that takes it slowly, but steadily, gets it all, however
+// long that takes: each bit of progress gives it another idle timeout.
+func (sc *sconn) write(buf []byte) error {
+	for {
+		sc.nc.SetWriteDeadline(time.Now().Add(sc.s.opts.idleTimeout))
+		n, err := sc.nc.Write(buf)
+		buf = buf[n:]
+		if err == nil || n == 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
 		}
 	}
 }
