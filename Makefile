@@ -117,3 +117,21 @@ connscale: ## goroutines and memory per idle connection, v3 against v4 (up to 9,
 	@mkdir -p $(RESULTS)
 	$(GO) run ./benchcmp/cmd/connscale -impl v3,v4 -conns 100,1000,9000 -out $(RESULTS)/connscale.txt
 	$(GO) run ./benchcmp/cmd/plots -in $(RESULTS)/latest.txt -conns $(RESULTS)/connscale.txt -out docs/img
+
+# soak: v3 and v4 (Linux) through a proxy that splits, delays and resets
+# their connections, 64 callers each, under -race. A wrong reply, a call
+# past its deadline, a leak fail it. The table is appended to
+# $(RESULTS)/soak.txt (SOAK_REPORT; the test runs in its package's folder,
+# hence abspath) and printed. -soak.seed=... in the go test line replays
+# a run's faults.
+SOAK_DURATION ?= 60s
+
+.PHONY: soak
+soak: ## fault-injection soak: v3 and v4 through a faulty proxy, SOAK_DURATION (60s) each; table in results/soak.txt
+	@mkdir -p $(RESULTS)
+	@echo "== soak: v3 and v4 through a proxy that splits, delays and resets, $(SOAK_DURATION) each, -race"
+	@report=$(abspath $(RESULTS))/soak.txt; before=$$(cat $$report 2>/dev/null | wc -l); \
+	cmd="$(GO) test -race -count=1 -run TestSoak -timeout 10m ./internal/soak -soak.duration=$(SOAK_DURATION)"; \
+	echo "SOAK_REPORT=$$report $$cmd"; SOAK_REPORT=$$report $$cmd; status=$$?; \
+	echo; echo "== this run's lines in $(RESULTS)/soak.txt"; tail -n +$$((before + 1)) $$report 2>/dev/null; \
+	exit $$status
