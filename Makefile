@@ -33,9 +33,11 @@ fmt-check:
 vet:
 	@echo "== go vet"
 	$(GO) vet $(PKGS)
-	@echo "== go vet, GOOS=darwin and GOOS=windows (v4 needs Linux; the rest builds everywhere)"
+	@echo "== go vet, GOOS=darwin, windows and freebsd (v4's portable engine serves there)"
 	GOOS=darwin $(GO) vet $(PKGS)
 	GOOS=windows $(GO) vet $(PKGS)
+	GOOS=freebsd $(GO) vet $(PKGS)
+	$(GO) vet -tags rpcsteps_portable ./v4-epoll-batch/...
 
 .PHONY: staticcheck
 staticcheck:
@@ -47,6 +49,8 @@ staticcheck:
 race:
 	@echo "== go test -race"
 	$(GO) test -race -count=1 $(PKGS)
+	@echo "== go test -race, v4 on its portable engine (what TLS, macOS and Windows use)"
+	$(GO) test -race -count=1 -tags rpcsteps_portable ./v4-epoll-batch/
 
 # Every benchmark once, so that none can rot between bench-all runs.
 .PHONY: bench-smoke

@@ -25,7 +25,6 @@ var version = contracttest.Version{
 	ErrServerClosed: ErrServerClosed,
 	IsServerError:   func(err error) bool { return errors.As(err, new(ServerError)) },
 	// Serve accepts through the listener it is given.
-	WrappedListeners: true,
 }
 
 func serverOpts(o contracttest.Options) []ServerOption {

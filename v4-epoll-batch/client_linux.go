@@ -1,8 +1,6 @@
 package epollbatch
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,164 +8,125 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/rpcsteps/rpcsteps/shared/protocol"
 )
 
-// Client calls the methods of one server over one long-lived connection (a
-// few with WithConns), shared by every call at once, as in v3: sequence IDs
-// and a pending map. Its connections are driven by a reactor of its own
-// (WithReactors; 1 by default): reads in the reactor, requests through each
-// connection's ring to writev. No goroutine per connection. A Client is
-// safe for concurrent use.
-type Client struct {
-	network, address string
-	opts             clientOptions
-	next             atomic.Uint64 // round robin over the connections
+// The client's epoll engine: the reactors that drive its plain TCP and
+// Unix connections, its own (WithReactors) or the group all clients share.
 
-	// ctx ends when the client is closed; a dial in progress watches it.
-	ctx    context.Context
-	cancel context.CancelFunc
-
-	loops       []*loop
-	sharedLoops bool // loops belong to the shared group
-
-	mu    sync.Mutex
-	slots []slot
-	dials int64
+// clientReactors are a client's reactors, taken by its first reactor
+// connection and given back by Close.
+type clientReactors struct {
+	mu     sync.Mutex
+	loops  []*loop
+	shared bool // loops belong to the shared group
+	closed bool
 }
 
-// slot is one of the client's connections, and how to make it again.
-type slot struct {
-	conn    *clientConn
-	dialing chan struct{} // closed when the dial in progress ends
-	lastErr error         // the last dial's error
-	retryAt time.Time     // no new dial before this, after a failure
-	backoff time.Duration // the pause after the next failure
-}
-
-// Redial pauses after failed dials: from minBackoff, doubling, to maxBackoff.
-const (
-	minBackoff = 10 * time.Millisecond
-	maxBackoff = time.Second
-)
-
-// Dial connects to the server at address and returns its client. A call made
-// after the connection broke connects again.
-func Dial(network, address string, opts ...ClientOption) (*Client, error) {
-	switch network {
-	case "tcp", "tcp4", "tcp6", "unix":
-	default:
-		return nil, fmt.Errorf("epollbatch: dial %s %s: %w", network, address, net.UnknownNetworkError(network))
+// reactorLoops returns the client's reactors, starting (or joining) them
+// on first use.
+func (c *Client) reactorLoops() ([]*loop, bool, error) {
+	r := &c.reactor
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, false, ErrShutdown
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &Client{network: network, address: address, opts: newClientOptions(opts), ctx: ctx, cancel: cancel}
-	c.slots = make([]slot, c.opts.conns)
+	if r.loops != nil {
+		return r.loops, r.shared, nil
+	}
 	if c.opts.reactors > 0 { // reactors of its own
 		for range c.opts.reactors {
 			l, err := newLoop(c.opts.logger, 0)
 			if err != nil {
-				c.Close()
-				return nil, err
+				for _, l := range r.loops {
+					l.stop()
+				}
+				r.loops = nil
+				return nil, false, err
 			}
-			c.loops = append(c.loops, l)
+			r.loops = append(r.loops, l)
 			go l.run()
 		}
-	} else { // the reactors all clients share
-		loops, err := shared.acquire()
-		if err != nil {
-			return nil, err
-		}
-		c.loops, c.sharedLoops = loops, true
+		return r.loops, false, nil
 	}
-	dctx, dcancel := context.WithTimeout(ctx, c.opts.dialTimeout)
-	defer dcancel()
-	if _, err := c.conn(dctx, 0); err != nil {
-		c.Close()
-		return nil, err
+	loops, err := shared.acquire() // the reactors all clients share
+	if err != nil {
+		return nil, false, err
 	}
-	return c, nil
+	r.loops, r.shared = loops, true
+	return loops, true, nil
 }
 
-// Call calls serviceMethod ("Service.Method") with args, waits for the reply
-// and decodes it into reply. A method's error is returned as a ServerError.
-// If ctx ends first, Call returns at once with an error that matches
-// ctx.Err() (errors.Is), and reply is left alone.
-func (c *Client) Call(ctx context.Context, serviceMethod string, args, reply any) error {
-	call := callPool.Get().(*Call)
-	call.ServiceMethod, call.Args, call.Reply = serviceMethod, args, reply
-	c.start(ctx, call, protocol.TypeRequest, false)
-	<-call.Done
-	err := call.Error
-	*call = Call{Done: call.Done}
-	callPool.Put(call)
-	return err
-}
-
-// callPool holds the Calls of Call, which no one sees once it returns.
-// (The Calls of Go belong to the caller and are never pooled.)
-var callPool = sync.Pool{New: func() any { return &Call{Done: make(chan *Call, 1)} }}
-
-// Go calls serviceMethod without waiting: the request is queued for the
-// connection's writer and Go returns. The Call is sent on done when it
-// completes. A nil done makes a new channel (buffered); a done without
-// buffer space panics, since the call would block on it.
-func (c *Client) Go(ctx context.Context, serviceMethod string, args, reply any, done chan *Call) *Call {
-	if done == nil {
-		done = make(chan *Call, 10)
-	} else if cap(done) == 0 {
-		panic("epollbatch: Go: done channel is unbuffered")
-	}
-	call := &Call{ServiceMethod: serviceMethod, Args: args, Reply: reply, Done: done}
-	c.start(ctx, call, protocol.TypeRequest, true)
-	return call
-}
-
-// Notify calls serviceMethod with args one way: the server runs the method
-// and sends no reply. Notify returns once the request is queued for the
-// connection's writer.
-func (c *Client) Notify(ctx context.Context, serviceMethod string, args any) error {
-	call := callPool.Get().(*Call)
-	call.ServiceMethod, call.Args = serviceMethod, args
-	c.start(ctx, call, protocol.TypeOneway, false)
-	<-call.Done
-	err := call.Error
-	*call = Call{Done: call.Done}
-	callPool.Put(call)
-	return err
-}
-
-// Close closes the client, its connections and its reactors. Later calls
-// return ErrShutdown, and calls in flight end at once with ErrShutdown.
-// Close may be called more than once.
-func (c *Client) Close() error {
-	c.cancel()
-	c.mu.Lock()
-	conns := make([]*clientConn, 0, len(c.slots))
-	for i := range c.slots {
-		if c.slots[i].conn != nil {
-			conns = append(conns, c.slots[i].conn)
-		}
-	}
-	c.mu.Unlock()
-	for _, cc := range conns {
-		cc.fail(ErrShutdown)
-	}
-	c.mu.Lock()
-	loops, sharedLoops := c.loops, c.sharedLoops
-	c.loops = nil
-	c.mu.Unlock()
+// releaseReactors stops the client's own reactors, or leaves the shared
+// group (Close).
+func (c *Client) releaseReactors() {
+	r := &c.reactor
+	r.mu.Lock()
+	loops, sharedLoops := r.loops, r.shared
+	r.loops, r.closed = nil, true
+	r.mu.Unlock()
 	if sharedLoops && loops != nil {
 		shared.release()
-	} else {
-		for _, l := range loops {
-			l.stop()
-		}
+		return
 	}
-	return nil
+	for _, l := range loops {
+		l.stop()
+	}
+}
+
+func (c *Client) reactorStats(st *Stats) {
+	r := &c.reactor
+	r.mu.Lock()
+	loops := r.loops
+	r.mu.Unlock()
+	for _, l := range loops {
+		st.Writes += l.writes.Load()
+		st.Frames += l.frames.Load()
+	}
+}
+
+// dialReactor gives a plain socket to a reactor: it takes its own copy of
+// the descriptor and closes nc. ok is false for a connection the portable
+// engine must drive (TLS, WithPortableEngine).
+func (c *Client) dialReactor(nc net.Conn, i int) (callConn, bool, error) {
+	if c.opts.portable {
+		return nil, false, nil
+	}
+	switch nc.(type) {
+	case *net.TCPConn, *net.UnixConn:
+	default:
+		return nil, false, nil
+	}
+	loops, sharedLoops, err := c.reactorLoops()
+	if err != nil {
+		nc.Close()
+		return nil, true, err
+	}
+	fd, err := connFd(nc)
+	nc.Close() // the copy lives on; Go's netpoller lets go of the original
+	if err != nil {
+		return nil, true, err
+	}
+	var l *loop
+	if sharedLoops { // spread every client's connections over the group
+		l = loops[shared.next.Add(1)%uint64(len(loops))]
+	} else {
+		l = loops[i%len(loops)]
+	}
+	cc := &clientConn{cl: c, pending: make(map[uint64]*Call), dead: make(chan struct{})}
+	cc.c, err = newConn(l, fd, cc, c.opts.maxFrameSize, c.opts.bufSize, DefaultRingSize)
+	if err != nil {
+		unix.Close(fd)
+		return nil, true, err
+	}
+	if err := l.attach(cc.c); err != nil {
+		unix.Close(fd)
+		return nil, true, ErrShutdown
+	}
+	cc.startHeartbeat()
+	return cc, true, nil
 }
 
 // sharedLoops are the reactors that clients share unless WithReactors
@@ -216,150 +175,6 @@ func (s *sharedLoops) release() {
 	}
 }
 
-// Stats returns figures of the client's connections.
-func (c *Client) Stats() Stats {
-	c.mu.Lock()
-	st := Stats{Dials: c.dials}
-	for i := range c.slots {
-		if cc := c.slots[i].conn; cc != nil && cc.alive() {
-			st.Conns++
-			st.Pending += cc.pendingLen()
-		}
-	}
-	c.mu.Unlock()
-	c.mu.Lock()
-	loops := c.loops
-	c.mu.Unlock()
-	for _, l := range loops { // with shared reactors: every client's writes
-		st.Writes += l.writes.Load()
-		st.Frames += l.frames.Load()
-	}
-	return st
-}
-
-// start sends the call's request, or completes the call with the reason it
-// cannot be sent. It never waits on the network.
-func (c *Client) start(ctx context.Context, call *Call, typ protocol.Type, async bool) {
-	call.ctx = ctx
-	call.logger = c.opts.logger
-	if c.ctx.Err() != nil {
-		call.complete(ErrShutdown)
-		return
-	}
-	if err := ctx.Err(); err != nil {
-		call.complete(fmt.Errorf("epollbatch: call %s: %w", call.ServiceMethod, err))
-		return
-	}
-	mc, err := c.conn(ctx, int(c.next.Add(1)%uint64(len(c.slots))))
-	if err != nil {
-		call.complete(c.callError(ctx, call.ServiceMethod, err))
-		return
-	}
-	mc.send(ctx, call, typ, async)
-}
-
-// conn returns the live connection of slot i, dialing it if it is broken
-// or missing. One dial at a time per slot; after a failed dial, calls fail
-// at once with its error until a growing pause has passed.
-func (c *Client) conn(ctx context.Context, i int) (*clientConn, error) {
-	for {
-		c.mu.Lock()
-		s := &c.slots[i]
-		if s.conn != nil && s.conn.alive() {
-			mc := s.conn
-			c.mu.Unlock()
-			return mc, nil
-		}
-		if c.ctx.Err() != nil {
-			c.mu.Unlock()
-			return nil, ErrShutdown
-		}
-		if wait := s.dialing; wait != nil { // someone dials: wait for them
-			c.mu.Unlock()
-			select {
-			case <-wait:
-				continue
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
-		if s.lastErr != nil && time.Now().Before(s.retryAt) {
-			err := s.lastErr
-			c.mu.Unlock()
-			return nil, fmt.Errorf("%w (next attempt in %v)", err, time.Until(s.retryAt).Round(time.Millisecond))
-		}
-		s.dialing = make(chan struct{})
-		c.mu.Unlock()
-
-		mc, err := c.dial(ctx, i)
-
-		c.mu.Lock()
-		close(s.dialing)
-		s.dialing = nil
-		if err != nil {
-			s.lastErr = err
-			s.backoff = min(max(2*s.backoff, minBackoff), maxBackoff)
-			s.retryAt = time.Now().Add(s.backoff)
-			c.mu.Unlock()
-			return nil, err
-		}
-		s.lastErr, s.backoff = nil, 0
-		s.conn = mc
-		c.dials++
-		closed := c.ctx.Err() != nil
-		c.mu.Unlock()
-		if closed {
-			mc.fail(ErrShutdown)
-			return nil, ErrShutdown
-		}
-		return mc, nil
-	}
-}
-
-// dial connects with Go's dialer (ctx, timeouts, name resolution), then
-// takes its own copy of the socket's descriptor and gives it to a reactor.
-func (c *Client) dial(ctx context.Context, i int) (*clientConn, error) {
-	// A dial ends with the caller's ctx or with the client.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(c.ctx, cancel)
-	defer stop()
-	d := net.Dialer{Timeout: c.opts.dialTimeout}
-	nc, err := d.DialContext(ctx, c.network, c.address)
-	if err != nil {
-		return nil, err
-	}
-	fd, err := connFd(nc)
-	nc.Close() // the copy lives on; Go's netpoller lets go of the original
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	loops, sharedLoops := c.loops, c.sharedLoops
-	c.mu.Unlock()
-	if len(loops) == 0 {
-		return nil, ErrShutdown
-	}
-	var l *loop
-	if sharedLoops { // spread every client's connections over the group
-		l = loops[shared.next.Add(1)%uint64(len(loops))]
-	} else {
-		l = loops[i%len(loops)]
-	}
-	cc := &clientConn{cl: c, pending: make(map[uint64]*Call), dead: make(chan struct{})}
-	cc.c, err = newConn(l, fd, cc, c.opts.maxFrameSize, c.opts.bufSize, DefaultRingSize)
-	if err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	if err := l.attach(cc.c); err != nil {
-		unix.Close(fd)
-		return nil, ErrShutdown
-	}
-	cc.startHeartbeat()
-	return cc, nil
-}
-
 // connFd returns a non-blocking, close-on-exec copy of nc's descriptor.
 func connFd(nc net.Conn) (int, error) {
 	sc, ok := nc.(syscall.Conn)
@@ -383,20 +198,4 @@ func connFd(nc net.Conn) (int, error) {
 		return -1, err
 	}
 	return fd, nil
-}
-
-// callError says why a call failed: the client was closed, the caller's
-// ctx ended, or the connection failed.
-func (c *Client) callError(ctx context.Context, serviceMethod string, err error) error {
-	var se ServerError
-	if errors.As(err, &se) {
-		return se
-	}
-	if c.ctx.Err() != nil || errors.Is(err, ErrShutdown) {
-		return ErrShutdown
-	}
-	if cerr := ctx.Err(); cerr != nil {
-		return fmt.Errorf("epollbatch: call %s: %w", serviceMethod, cerr)
-	}
-	return fmt.Errorf("epollbatch: call %s: %w", serviceMethod, err)
 }

@@ -33,9 +33,6 @@ type clientConn struct {
 	heartbeat *time.Timer // a timer, not a goroutine, per connection
 }
 
-// errNoPong: a connection silent for too long, even to a ping.
-var errNoPong = errors.New("epollbatch: connection silent: no reply to ping")
-
 // startHeartbeat arms the ping timer (WithPingInterval; 0 disables).
 func (cc *clientConn) startHeartbeat() {
 	d := cc.cl.opts.pingInterval

@@ -145,24 +145,8 @@ func (c *conn) returnRing() {
 	c.l.ringsLent.Add(-1)
 }
 
-// bufPool holds frame buffers: a request copied out of an input buffer, a
-// reply or request waiting in a ring. inPool holds input buffers.
-var (
-	bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
-	inPool  sync.Pool
-)
-
-// maxPooledBuf is the largest buffer kept for reuse.
-const maxPooledBuf = 64 << 10
-
-func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
-
-func putBuf(bp *[]byte) {
-	if cap(*bp) <= maxPooledBuf {
-		*bp = (*bp)[:0]
-		bufPool.Put(bp)
-	}
-}
+// inPool holds input buffers (see room and releaseIn).
+var inPool sync.Pool
 
 // send queues a frame for the loop to write (any goroutine). It waits
 // while the ring is full, as long as ctx allows: producers never write to

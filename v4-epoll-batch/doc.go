@@ -1,20 +1,29 @@
 // Package epollbatch is rpcsteps step 4, and the version to import: an RPC
 // server and client driven by epoll reactors instead of a goroutine per
-// connection. It needs Linux; on other systems NewServer and Dial exist
-// (so that programs build) but Serve and Dial return ErrUnsupported.
+// connection, on Linux, with a portable engine for everything else.
 //
-// A server runs a main reactor, which accepts (accept4 on its own epoll
-// instance), and N sub-reactors (WithReactors; GOMAXPROCS by default), each
-// one goroutine owning its connections: level-triggered epoll, non-blocking
-// reads into a per-connection buffer, every complete frame decoded without
-// waiting. Methods run on a bounded pool of workers (WithWorkers); replies
-// go into each connection's ring (many producers, one consumer),
-// which the connection's reactor drains into one writev. A connection with
-// too many requests in flight stops being read until replies go out; a
-// client that half-closes still gets its replies; idle connections close
-// on a timing wheel. The client multiplexes calls over one connection as
-// v3 does, its connection driven by reactors that all clients share
-// (started by the first Dial, stopped when the last Client closes).
+// Serve's accept loop is the main reactor: it calls the listener's Accept
+// (any net.Listener) and hands each plain TCP or Unix socket to one of N
+// sub-reactors (WithReactors; GOMAXPROCS by default), each one goroutine
+// owning its connections: level-triggered epoll, non-blocking reads into
+// a per-connection buffer, every complete frame decoded without waiting.
+// Methods run on a bounded pool of workers (WithWorkers); replies go into
+// each connection's ring (many producers, one consumer), which the
+// connection's reactor drains into one writev. A connection with too many
+// requests in flight stops being read until replies go out; a client that
+// half-closes still gets its replies; idle connections close on a timing
+// wheel. The client multiplexes calls over one connection as v3 does, its
+// connection driven by reactors that all clients share (started by the
+// first Dial, stopped when the last Client closes).
+//
+// The portable engine serves what epoll cannot take: TLS connections
+// (Serve a tls.NewListener; WithTLSConfig on the client), connections
+// without a descriptor of their own, and every connection on systems
+// without epoll (macOS, Windows, the BSDs). It reads and writes each
+// connection with two goroutines over its net.Conn, speaks the same
+// frames, and keeps the same options, limits, back-pressure, shutdown and
+// Stats. WithPortableEngine (or the build tag rpcsteps_portable) uses it
+// for everything.
 //
 // # Methods
 //

@@ -1,59 +1,49 @@
 package epollbatch
 
 import (
-	"errors"
 	"net"
+	"os"
 	"testing"
-	"time"
 )
 
-// Test hooks into the server's internals, kept in one file so that a
-// change of those internals has one place to follow.
+// The reactor's test hooks (see export_test.go).
 
-// serveForTest serves s on a loopback TCP listener and returns the
-// listener's address once s's reactors and workers exist (the first Serve
-// starts them). t.Cleanup closes s and waits for Serve to return.
-func serveForTest(t *testing.T, s *Server) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ln) }()
-	t.Cleanup(func() {
-		s.Close()
-		if err := <-served; !errors.Is(err, ErrServerClosed) {
-			t.Errorf("Serve returned %v, want ErrServerClosed", err)
-		}
-	})
-	deadline := time.Now().Add(5 * time.Second)
-	for !reactorsStarted(s) {
-		if time.Now().After(deadline) {
-			t.Fatal("the server's reactors did not start")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	return ln.Addr().String()
-}
-
-func reactorsStarted(s *Server) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.loops) > 0
-}
+// loopsReady: the reactors exist (or the server uses none).
+func loopsReady(s *Server) bool { return len(s.reactor.loops) > 0 || s.opts.portable }
 
 // adoptForTest hands fd, a connected non-blocking stream socket, to one of
-// s's sub-reactors, as the acceptor does with an accepted one. s must be
-// serving (serveForTest). The server owns fd from then on.
-func adoptForTest(s *Server, fd int) { s.adopt(fd) }
+// s's sub-reactors, as the acceptor does with an accepted one; or, on the
+// portable engine, to a connection of its own. s must be serving
+// (serveForTest). The server owns fd from then on.
+func adoptForTest(s *Server, fd int) {
+	if !s.opts.portable {
+		s.adopt(fd)
+		return
+	}
+	f := os.NewFile(uintptr(fd), "adopted")
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		panic(err)
+	}
+	s.serveConn(nc)
+}
+
+// portable reports whether the tests run on the portable engine (the
+// build tag rpcsteps_portable); the reactor's own tests skip then.
+func skipOnPortable(t *testing.T) {
+	t.Helper()
+	if portableDefault {
+		t.Skip("a test of the epoll reactor; this build serves with the portable engine")
+	}
+}
 
 // ringsLent counts s's connections holding a ring now.
 func ringsLent(s *Server) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
-	for _, l := range s.loops {
+	for _, l := range s.reactor.loops {
 		n += int(l.ringsLent.Load())
 	}
 	return n

@@ -357,7 +357,7 @@ func TestResetPeersLeaveNoReplies(t *testing.T) {
 	require.Eventually(t, func() bool {
 		st := s.Stats()
 		return st.Conns == 0 && st.InFlight == 0 && st.WorkersBusy == 0
-	}, 5*time.Second, time.Millisecond)
+	}, 5*time.Second, time.Millisecond, "stats %+v", s.Stats())
 	growth := heapGrowth(before)
 	t.Logf("18 reset peers later the server holds %d KiB more", growth>>10)
 	require.Less(t, growth, int64(2<<20), "replies of closed connections are still reachable")
@@ -452,7 +452,11 @@ func TestPartialFramesCostWhatArrived(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	growth := heapGrowth(before)
 	t.Logf("%d peers with a partial frame each: the server holds %d bytes more per peer", peers, growth/peers)
-	require.Less(t, growth/peers, int64(4<<10), "each partial frame holds an input buffer")
+	perPeer := int64(4 << 10)
+	if portableDefault { // a goroutine reads each connection, into a buffer of its own for life
+		perPeer += portableReadBuf
+	}
+	require.Less(t, growth/peers, perPeer, "each partial frame holds an input buffer")
 }
 
 // 6d. Requests in flight are bounded in bytes too: a peer that sends 64
@@ -481,5 +485,8 @@ func TestRequestBytesBounded(t *testing.T) {
 	held := g.running.Load()
 	t.Logf("peer wrote %d KiB; %d requests held by the method; the server holds %d KiB more", n>>10, held, growth>>10)
 	require.LessOrEqual(t, held, int32(DefaultMaxBytesInFlight>>20)+1)
-	require.Less(t, growth, int64(DefaultMaxBytesInFlight+3<<20+512<<10), "requests in flight past the byte limit")
+	// A request's buffer grows by doubling as its bytes arrive (the
+	// portable engine's), or is a copy of its size (the reactor's): up to
+	// twice the bytes counted, and the frame arriving.
+	require.Less(t, growth, int64(2*DefaultMaxBytesInFlight+1<<20), "requests in flight past the byte limit")
 }

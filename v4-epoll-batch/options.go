@@ -1,6 +1,7 @@
 package epollbatch
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"runtime"
 	"time"
@@ -30,6 +31,7 @@ type serverOptions struct {
 	maxBytesInFlight int
 	reactors         int
 	workers          int
+	portable         bool
 }
 
 type clientOptions struct {
@@ -42,6 +44,8 @@ type clientOptions struct {
 	pingInterval time.Duration
 	maxQueued    int
 	reactors     int
+	portable     bool
+	tlsConfig    *tls.Config
 }
 
 // Defaults of the options.
@@ -74,6 +78,7 @@ func newServerOptions(opts []ServerOption) serverOptions {
 		maxBytesInFlight: DefaultMaxBytesInFlight,
 		reactors:         runtime.GOMAXPROCS(0),
 		workers:          DefaultWorkers,
+		portable:         portableDefault,
 	}
 	for _, opt := range opts {
 		opt.applyServer(&o)
@@ -92,6 +97,7 @@ func newClientOptions(opts []ClientOption) clientOptions {
 		conns:        1,
 		pingInterval: DefaultPingInterval,
 		maxQueued:    DefaultMaxQueuedBytes,
+		portable:     portableDefault,
 	}
 	for _, opt := range opts {
 		opt.applyClient(&o)
@@ -309,4 +315,27 @@ func WithWorkers(n int) ServerOption {
 			o.workers = n
 		}
 	})
+}
+
+type portableEngine struct{}
+
+func (portableEngine) applyServer(o *serverOptions) { o.portable = true }
+func (portableEngine) applyClient(o *clientOptions) { o.portable = true }
+
+// WithPortableEngine serves (or dials) every connection with the portable
+// engine, a reader and a writer goroutine per connection over Go's net,
+// even where the epoll reactors could take it. It is the engine of TLS
+// connections, of connections without a descriptor of their own, and of
+// every system without epoll; this option is for comparing the two, and
+// for environments whose epoll is not to be trusted. Programs built with
+// the tag rpcsteps_portable use the portable engine everywhere.
+func WithPortableEngine() Option { return portableEngine{} }
+
+// WithTLSConfig makes the client speak TLS with cfg: the TLS handshake
+// follows the dial and is bounded by the same timeout (WithDialTimeout,
+// and the call's ctx). A cfg without a ServerName gets the host of the
+// address dialled. TLS connections are driven by the portable engine. A
+// server takes TLS by serving a tls.NewListener.
+func WithTLSConfig(cfg *tls.Config) ClientOption {
+	return clientFunc(func(o *clientOptions) { o.tlsConfig = cfg })
 }

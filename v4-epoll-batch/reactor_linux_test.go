@@ -388,6 +388,7 @@ func TestReactorFdReuse(t *testing.T) {
 // flight: an idle one holds none (10,000 idle connections would otherwise
 // hold 10,000 rings), and the ring goes back once the replies are written.
 func TestReactorIdleConnectionHoldsNoRing(t *testing.T) {
+	skipOnPortable(t)
 	s, g := newTestServer(t)
 	nc := serverPair(t, s)
 	rr := &replyReader{nc: nc}
@@ -489,6 +490,7 @@ func TestReactorBackPressureBoundsInFlight(t *testing.T) {
 // cost a 1 ms method 31% of its calls/s). Limit 8: with 7 in flight the
 // connection stays paused; with 6 it reads again, and two more calls run.
 func TestReactorBackPressureResumesAtSevenEighths(t *testing.T) {
+	skipOnPortable(t)
 	const limit, n = 8, 20
 	s, g := newTestServer(t, WithMaxInFlight(limit))
 	nc := serverPair(t, s)
@@ -622,4 +624,14 @@ func TestRingOrderingUnderLoad(t *testing.T) {
 	require.EqualValues(t, callers*calls, cs.Frames)
 	require.Greater(t, ss.Frames, ss.Writes, "the server's writes should batch replies")
 	require.Less(t, cs.Writes, cs.Frames, "the client's writes should batch requests")
+}
+
+// A busy connection's ring holds a reply for every request in flight,
+// up to the largest in-flight limit: a worker never waits for room.
+func TestRingSizeFollowsMaxInFlight(t *testing.T) {
+	for _, n := range []int{1, 64, 65, DefaultMaxInFlight, MaxInFlightCap} {
+		require.GreaterOrEqual(t, ringSizeFor(n), n)
+	}
+	so := newServerOptions([]ServerOption{WithMaxInFlight(1 << 30)})
+	require.Equal(t, MaxInFlightCap, ringSizeFor(so.maxInFlight))
 }

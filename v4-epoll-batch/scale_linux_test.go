@@ -13,13 +13,6 @@ import (
 	"github.com/rpcsteps/rpcsteps/shared/codec"
 )
 
-type echo struct{}
-
-func (echo) Echo(args []byte, reply *[]byte) error {
-	*reply = append((*reply)[:0], args...)
-	return nil
-}
-
 // raiseNoFile raises the soft RLIMIT_NOFILE to the hard limit for the
 // test, and returns the soft limit now in force.
 func raiseNoFile(t *testing.T) int {
@@ -51,6 +44,7 @@ func settleGoroutines() int {
 // Thousands of idle connections cost the server no goroutine each: the
 // count of goroutines is the same with none and with all of them.
 func TestIdleConnectionsCostNoGoroutines(t *testing.T) {
+	skipOnPortable(t)
 	limit := raiseNoFile(t)
 	n := min(10_000, (limit-200)/2) // a client and a server descriptor per connection
 	if testing.Short() {

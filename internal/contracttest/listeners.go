@@ -46,9 +46,6 @@ func (l *flakyListener) Accept() (net.Conn, error) {
 // Running out of file descriptors pauses accepting, with a log line; it
 // does not end Serve.
 func testAcceptErrorsAreRetried(t *testing.T, v Version) {
-	if !v.WrappedListeners {
-		t.Skip("Serve accepts on the listener's descriptor itself (tested in the version's own EMFILE test)")
-	}
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	ln := &flakyListener{Listener: inner}
@@ -61,9 +58,6 @@ func testAcceptErrorsAreRetried(t *testing.T, v Version) {
 // A listener closed behind the server's back ends Serve with that error,
 // not ErrServerClosed.
 func testListenerClosedElsewhere(t *testing.T, v Version) {
-	if !v.WrappedListeners {
-		t.Skip("Serve accepts on its own copy of the listener's descriptor")
-	}
 	s := v.NewServer(Options{})
 	defer s.Close()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -55,10 +55,4 @@ type Version struct {
 	ErrServerClosed error
 	// IsServerError reports errors.As(err, new(version.ServerError)).
 	IsServerError func(err error) bool
-
-	// WrappedListeners: Serve accepts through the net.Listener it is given,
-	// so a wrapper's Accept is called (v1 to v3). v4 takes a copy of the
-	// listener's descriptor and accepts on it itself; the listener tests
-	// that need a wrapper are skipped for it and done in its own tests.
-	WrappedListeners bool
 }

@@ -1,0 +1,332 @@
+package epollbatch
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rpcsteps/rpcsteps/shared/protocol"
+	"github.com/rpcsteps/rpcsteps/shared/service"
+)
+
+// The portable engine, client side.
+
+// pclientConn is a client connection of the portable engine (TLS, and
+// systems without epoll), carrying any number of calls at once: v3's
+// client connection, with v4's options.
+//
+//	caller goroutines ──send──▶ wbuf ──writer goroutine──▶ socket
+//	       │ (seq registered in pending first)                 │
+//	       ▼                                                   ▼
+//	    pending[seq] ◀──────reader goroutine─────────── replies, any order
+//
+// Two goroutines per connection: the writer drains wbuf (every frame queued
+// since its last write, in one write), the reader matches each reply to its
+// call by sequence ID. Whoever removes a call from pending completes it:
+// the reader (its reply came), the call's ctx watcher (it ended first), or
+// fail (the connection broke).
+type pclientConn struct {
+	c   *Client
+	nc  net.Conn
+	seq atomic.Uint64
+
+	mu        sync.Mutex
+	pending   map[uint64]*Call
+	wbuf      []byte        // frames queued for the writer
+	frames    int           // how many
+	room      chan struct{} // closed when the writer takes wbuf; nil if no one waits
+	err       error         // why the connection is dead; nil while alive
+	lastRecv  time.Time     // when a frame last arrived
+	pingSent  time.Time     // when the outstanding ping left; zero if none
+	heartbeat *time.Timer
+
+	wake chan struct{} // tells the writer there is work; capacity 1
+	done chan struct{} // closed when the connection dies
+}
+
+func newPclientConn(c *Client, nc net.Conn) *pclientConn {
+	mc := &pclientConn{
+		c:        c,
+		nc:       nc,
+		pending:  make(map[uint64]*Call),
+		lastRecv: time.Now(),
+		wake:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+	}
+	go mc.readLoop()
+	go mc.writeLoop()
+	if d := c.opts.pingInterval; d > 0 {
+		mc.mu.Lock() // beat reads heartbeat under mu, and may run before AfterFunc returns
+		mc.heartbeat = time.AfterFunc(d, mc.beat)
+		mc.mu.Unlock()
+	}
+	return mc
+}
+
+func (mc *pclientConn) alive() bool {
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	return mc.err == nil
+}
+
+func (mc *pclientConn) pendingLen() int {
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	return len(mc.pending)
+}
+
+// send encodes the call's request and queues it (see enqueue). It never
+// waits on the network. When the queue is full, Call and Notify wait for
+// room as long as their ctx allows, and a Go call (async) waits on a
+// goroutine of its own, so that Go never blocks its caller.
+func (mc *pclientConn) send(ctx context.Context, call *Call, typ protocol.Type, async bool) {
+	seq := mc.seq.Add(1)
+	bp := getBuf()
+	defer putBuf(bp)
+	frame, err := service.AppendRequest(ctx, (*bp)[:0], typ, seq, mc.c.opts.codec, call.ServiceMethod, call.Args)
+	*bp = frame
+	if err != nil {
+		call.complete(fmt.Errorf("epollbatch: call %s: encoding the request: %w", call.ServiceMethod, err))
+		return
+	}
+	if !mc.enqueue(ctx, call, typ, seq, frame, !async) {
+		frame = bytes.Clone(frame) // the pooled buffer goes back when send returns
+		go mc.enqueue(ctx, call, typ, seq, frame, true)
+	}
+}
+
+// enqueue registers the call in pending (before its frame can be written,
+// so that no reply can come for an unknown call) and appends its frame to
+// the writer's queue. When the queue is full it waits for the writer to take
+// it if wait is set, and otherwise returns false having done nothing.
+func (mc *pclientConn) enqueue(ctx context.Context, call *Call, typ protocol.Type, seq uint64, frame []byte, wait bool) bool {
+	mc.mu.Lock()
+	for mc.err == nil && len(mc.wbuf) > 0 && len(mc.wbuf)+len(frame) > mc.c.opts.maxQueued {
+		if !wait {
+			mc.mu.Unlock()
+			return false
+		}
+		if err := mc.waitRoom(ctx); err != nil {
+			mc.mu.Unlock()
+			call.complete(fmt.Errorf("epollbatch: call %s: %w", call.ServiceMethod, err))
+			return true
+		}
+	}
+	if mc.err != nil {
+		err := mc.err
+		mc.mu.Unlock()
+		call.complete(mc.c.callError(ctx, call.ServiceMethod, err))
+		return true
+	}
+	if typ == protocol.TypeRequest {
+		mc.pending[seq] = call
+		if ctx.Done() != nil {
+			// The watch holds the sequence ID, not the call: once the call
+			// is out of pending, a late watch finds nothing to do. It is
+			// set under mu, before any reply can look for it.
+			call.stopWait = context.AfterFunc(ctx, func() { mc.abandon(seq, ctx.Err()) })
+		}
+	}
+	mc.wbuf = append(mc.wbuf, frame...)
+	mc.frames++
+	mc.mu.Unlock()
+	select {
+	case mc.wake <- struct{}{}:
+	default: // the writer is already told
+	}
+	if typ == protocol.TypeOneway {
+		call.complete(nil) // queued: a one-way call is done
+	}
+	return true
+}
+
+// waitRoom waits, with mc.mu held (and released while waiting), until the
+// writer takes the queue, the connection dies, or ctx ends.
+func (mc *pclientConn) waitRoom(ctx context.Context) error {
+	if mc.room == nil {
+		mc.room = make(chan struct{})
+	}
+	room := mc.room
+	mc.mu.Unlock()
+	var err error
+	select {
+	case <-room:
+	case <-mc.done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	mc.mu.Lock()
+	return err
+}
+
+// abandon completes the call seq with err, if it still waits for its reply:
+// its ctx ended. A reply that comes later finds no call and is dropped.
+func (mc *pclientConn) abandon(seq uint64, err error) {
+	mc.mu.Lock()
+	call := mc.pending[seq]
+	delete(mc.pending, seq)
+	mc.mu.Unlock()
+	if call != nil {
+		call.complete(fmt.Errorf("epollbatch: call %s: %w", call.ServiceMethod, err))
+	}
+}
+
+// writeLoop writes the queued frames: everything queued since the last
+// write goes out in one write, so that under load frames batch.
+func (mc *pclientConn) writeLoop() {
+	var spare []byte
+	for {
+		select {
+		case <-mc.wake:
+		case <-mc.done:
+			return
+		}
+		runtime.Gosched() // let the senders that are ready queue their frames too
+		mc.mu.Lock()
+		if len(mc.wbuf) == 0 { // nothing queued: keep the buffer, do not swap
+			mc.mu.Unlock()
+			continue
+		}
+		buf, frames := mc.wbuf, mc.frames
+		// Swap in the spare buffer: senders fill it while buf is written.
+		// (spare is never wbuf: only buffers taken out here become spare.)
+		mc.wbuf, mc.frames = spare[:0], 0
+		if mc.room != nil {
+			close(mc.room) // the queue is empty: waiting senders go on
+			mc.room = nil
+		}
+		mc.mu.Unlock()
+		if _, err := mc.nc.Write(buf); err != nil {
+			mc.fail(err)
+			return
+		}
+		mc.c.writes.Add(1)
+		mc.c.frames.Add(int64(frames))
+		if cap(buf) <= mc.c.opts.maxQueued {
+			spare = buf // bounded by the queue's limit
+		} else {
+			spare = nil // a single frame larger than the limit: do not keep its buffer
+		}
+	}
+}
+
+// readLoop reads replies and completes their calls, until the connection
+// fails.
+func (mc *pclientConn) readLoop() {
+	br := bufio.NewReaderSize(mc.nc, min(mc.c.opts.bufSize, portableReadBuf))
+	var rbuf []byte
+	var f protocol.Frame
+	for {
+		var err error
+		if rbuf, err = protocol.ReadFrame(br, mc.c.opts.maxFrameSize, &f, rbuf); err != nil {
+			mc.fail(err)
+			return
+		}
+		mc.mu.Lock()
+		mc.lastRecv = time.Now()
+		mc.pingSent = time.Time{}
+		var call *Call
+		switch f.Type {
+		case protocol.TypeReply:
+			call = mc.pending[f.Seq]
+			delete(mc.pending, f.Seq)
+		case protocol.TypePong:
+		default:
+			mc.mu.Unlock()
+			mc.fail(fmt.Errorf("unexpected %s frame from the server", f.Type))
+			return
+		}
+		mc.mu.Unlock()
+		if call != nil {
+			call.complete(mc.finish(call, &f))
+		}
+		if cap(rbuf) > maxPooledBuf {
+			rbuf = nil // do not keep a large reply's buffer for the connection's life
+		}
+	}
+}
+
+// finish gives the outcome of a call whose reply f arrived.
+func (mc *pclientConn) finish(call *Call, f *protocol.Frame) error {
+	if call.stopWait != nil && !call.stopWait() {
+		// The ctx ended as the reply arrived; abandon found the call gone.
+		return mc.c.callError(call.ctx, call.ServiceMethod, call.ctx.Err())
+	}
+	if dl, ok := call.ctx.Deadline(); ok && !time.Now().Before(dl) {
+		// Read at or after the deadline, before ctx's own timer fired.
+		return fmt.Errorf("epollbatch: call %s: %w", call.ServiceMethod, context.DeadlineExceeded)
+	}
+	if err := service.DecodeReply(f, call.Reply); err != nil {
+		var se ServerError
+		if errors.As(err, &se) {
+			return se
+		}
+		return fmt.Errorf("epollbatch: call %s: decoding the reply: %w", call.ServiceMethod, err)
+	}
+	return nil
+}
+
+// fail kills the connection: every pending call fails at once with err (or
+// ErrShutdown, if the client is closed), and the next call connects again.
+func (mc *pclientConn) fail(err error) {
+	mc.mu.Lock()
+	if mc.err != nil {
+		mc.mu.Unlock()
+		return
+	}
+	if mc.c.ctx.Err() != nil {
+		err = ErrShutdown
+	}
+	mc.err = err
+	pending := mc.pending
+	mc.pending = nil
+	close(mc.done)
+	if mc.heartbeat != nil {
+		mc.heartbeat.Stop()
+	}
+	mc.mu.Unlock()
+	mc.nc.Close()
+	for _, call := range pending {
+		if call.stopWait != nil {
+			call.stopWait()
+		}
+		call.complete(mc.c.callError(call.ctx, call.ServiceMethod, err))
+	}
+}
+
+// beat runs every ping interval: it pings a connection that has been
+// silent for an interval, and declares it dead when a ping has gone
+// unanswered for two more.
+func (mc *pclientConn) beat() {
+	d := mc.c.opts.pingInterval
+	mc.mu.Lock()
+	if mc.err != nil {
+		mc.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	if !mc.pingSent.IsZero() && now.Sub(mc.pingSent) >= 2*d {
+		mc.mu.Unlock()
+		mc.fail(errNoPong)
+		return
+	}
+	if mc.pingSent.IsZero() && now.Sub(mc.lastRecv) >= d {
+		mc.pingSent = now
+		h := protocol.Header{Type: protocol.TypePing, Seq: mc.seq.Add(1)}
+		mc.wbuf, _ = protocol.AppendFrame(mc.wbuf, &h, "", "", nil)
+		mc.frames++
+		select {
+		case mc.wake <- struct{}{}:
+		default:
+		}
+	}
+	mc.heartbeat.Reset(d)
+	mc.mu.Unlock()
+}

@@ -1,0 +1,380 @@
+package epollbatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/ants/v2"
+
+	"github.com/rpcsteps/rpcsteps/shared/protocol"
+	"github.com/rpcsteps/rpcsteps/shared/service"
+)
+
+// Server serves the methods of registered receivers. On Linux, the
+// connections of plain TCP and Unix listeners are driven by epoll
+// reactors: a main reactor accepts, N sub-reactors own the connections,
+// and no goroutine waits on a connection. Every other connection (TLS, a
+// listener whose connections have no descriptor of their own, every
+// system without epoll) is served by the portable engine: a reader and a
+// writer goroutine over its net.Conn, with the same frames, limits and
+// back-pressure. Methods run on a bounded pool of workers, whichever
+// engine read them. A Server is safe for concurrent use.
+type Server struct {
+	reg  *service.Registry
+	opts serverOptions
+
+	// ctx is the base of every method's ctx; Close ends it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	shutdown  bool
+	done      chan struct{}
+	workers   *ants.PoolWithFuncGeneric[*task] // runs the methods; made by the first Serve
+	listeners map[net.Listener]struct{}
+	pconns    map[*pconn]struct{} // the portable engine's connections
+	reactor   reactorServer       // the epoll engine (server_linux.go); empty elsewhere
+
+	portable   engineStats // the portable engine's figures
+	overloaded atomic.Int64
+	busy       atomic.Int32 // workers running a method now
+}
+
+// engineStats are the figures an engine keeps for ServerStats.
+type engineStats struct {
+	inflight       atomic.Int64
+	writes, frames atomic.Int64
+}
+
+// NewServer returns a server with no services. It starts nothing: the
+// reactors and workers start with the first Serve.
+func NewServer(opts ...ServerOption) *Server {
+	o := newServerOptions(opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		reg:       service.NewRegistry(o.logger),
+		opts:      o,
+		ctx:       ctx,
+		cancel:    cancel,
+		done:      make(chan struct{}),
+		listeners: make(map[net.Listener]struct{}),
+		pconns:    make(map[*pconn]struct{}),
+	}
+	s.reactor.init(o)
+	return s
+}
+
+// Register publishes the methods of rcvr that fit the rules (see the package
+// documentation) under the name of rcvr's type. It is safe while serving.
+func (s *Server) Register(rcvr any) error { return s.reg.Register(rcvr) }
+
+// RegisterName is Register with the service name given.
+func (s *Server) RegisterName(name string, rcvr any) error { return s.reg.RegisterName(name, rcvr) }
+
+// Serve accepts connections on ln until Shutdown or Close, then returns
+// ErrServerClosed; if ln is closed elsewhere, it returns that error
+// (errors.Is(err, net.ErrClosed)). It closes ln when it returns.
+//
+// Any net.Listener will do: Serve accepts by calling its Accept, so a
+// wrapper sees every connection. This loop is the main reactor. On Linux
+// a plain TCP or Unix connection goes to an epoll sub-reactor, which
+// takes a copy of its descriptor (Go's copy is closed); any other
+// connection (TLS, for one), and every connection on other systems, to
+// the portable engine. Failures to accept that may pass (too many open
+// files) pause accepting for a growing while, instead of trying again at
+// once, which would spin.
+func (s *Server) Serve(ln net.Listener) error {
+	defer ln.Close()
+	if err := s.start(ln); err != nil {
+		return err
+	}
+	defer s.forget(ln)
+	if !s.opts.portable {
+		if err := s.startLoops(); err != nil {
+			return err
+		}
+	}
+	err := s.serveAccept(ln)
+	if s.closing() {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// start records ln, to be closed by Shutdown, and starts the workers.
+func (s *Server) start(ln net.Listener) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return ErrServerClosed
+	}
+	if s.workers == nil {
+		w, err := newWorkers(s)
+		if err != nil {
+			return err
+		}
+		s.workers = w
+	}
+	s.listeners[ln] = struct{}{}
+	return nil
+}
+
+func (s *Server) forget(ln net.Listener) {
+	s.mu.Lock()
+	delete(s.listeners, ln)
+	s.mu.Unlock()
+}
+
+// serveAccept accepts with ln.Accept until ln fails for good.
+func (s *Server) serveAccept(ln net.Listener) error {
+	var pause time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.closing() || errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			s.opts.logger.Warn("epollbatch: accept failed; pausing", "err", err, "pause", pause)
+			select {
+			case <-time.After(pause):
+				continue
+			case <-s.done:
+				return ErrServerClosed
+			}
+		}
+		pause = 0
+		s.serveConn(nc)
+	}
+}
+
+// serveConn serves one accepted connection: on the reactors when it is a
+// plain socket (Linux), else on the portable engine.
+func (s *Server) serveConn(nc net.Conn) {
+	if s.adoptConn(nc) {
+		return
+	}
+	pc := newPconn(s, nc)
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	s.pconns[pc] = struct{}{}
+	s.mu.Unlock()
+	go pc.serve()
+}
+
+func (s *Server) untrack(pc *pconn) {
+	s.mu.Lock()
+	delete(s.pconns, pc)
+	s.mu.Unlock()
+}
+
+func (s *Server) closing() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// beginShutdown stops accepting: it closes the listeners, which ends
+// every Serve. It returns the portable connections.
+func (s *Server) beginShutdown() []*pconn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.shutdown {
+		s.shutdown = true
+		close(s.done)
+	}
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	pcs := make([]*pconn, 0, len(s.pconns))
+	for pc := range s.pconns {
+		pcs = append(pcs, pc)
+	}
+	return pcs
+}
+
+// Shutdown stops the server gracefully: it stops accepting at once, stops
+// reading requests (a request already arriving is read), lets the requests
+// already received run and their replies go out, closes each connection
+// once nothing is in flight on it, and returns nil once every connection
+// is closed. If ctx ends first, it closes everything as Close does and
+// returns ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error {
+	for _, pc := range s.beginShutdown() {
+		pc.shutdown()
+	}
+	s.reactorDrain()
+	pause := time.Millisecond
+	timer := time.NewTimer(pause)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		open := len(s.pconns)
+		s.mu.Unlock()
+		if open+s.reactorOpen() == 0 {
+			s.stopAll()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			s.Close()
+			return ctx.Err()
+		case <-timer.C:
+			pause = min(2*pause, 50*time.Millisecond)
+			timer.Reset(pause)
+		}
+	}
+}
+
+// Close stops the server now: it stops accepting, closes every connection
+// and cancels the ctx of running methods. Serve returns ErrServerClosed.
+func (s *Server) Close() error {
+	pcs := s.beginShutdown()
+	s.cancel()
+	for _, pc := range pcs {
+		pc.close()
+	}
+	s.stopAll()
+	return nil
+}
+
+// stopAll stops the reactors and releases the workers. The workers leave
+// as their methods return; Close does not wait for methods that ignore
+// their ctx.
+func (s *Server) stopAll() {
+	s.reactorStop()
+	s.cancel()
+	s.mu.Lock()
+	w := s.workers
+	s.mu.Unlock()
+	if w != nil {
+		// No new task from here; idle workers leave now, busy ones when
+		// their method returns.
+		w.Release()
+	}
+}
+
+// Stats returns figures of the server, both engines together.
+func (s *Server) Stats() ServerStats {
+	var st ServerStats
+	s.reactorStats(&st)
+	s.mu.Lock()
+	w := s.workers
+	st.Conns += len(s.pconns)
+	s.mu.Unlock()
+	st.InFlight += int(s.portable.inflight.Load())
+	st.Writes += s.portable.writes.Load()
+	st.Frames += s.portable.frames.Load()
+	if w != nil {
+		st.Workers = w.Running()
+	}
+	st.WorkersBusy = int(s.busy.Load())
+	st.Overloaded = s.overloaded.Load()
+	return st
+}
+
+// A replier takes the reply of a request a worker ran: a reactor's
+// connection or a portable one. An empty out means a one-way request
+// that has run. reqSize is the request's size, counted in flight.
+type replier interface {
+	reply(out *[]byte, reqSize int, h *protocol.Header)
+}
+
+// task is one request handed to a worker: where its reply goes, a copy
+// of its bytes and the frame parsed from them. Tasks are pooled: handing
+// one over allocates nothing.
+type task struct {
+	r    replier
+	bp   *[]byte
+	f    protocol.Frame // its sections alias *bp
+	size int            // the request's size, counted in flight
+}
+
+var taskPool = sync.Pool{New: func() any { return new(task) }}
+
+// Workers: the server's methods run on an ants pool of its own, made by
+// the first Serve and released by Close or Shutdown. Submitting never
+// waits (a full pool answers "overloaded"), and a worker idle for
+// workerIdle leaves at the pool's next purge, so an idle server keeps
+// none for more than twice that.
+const workerIdle = time.Second
+
+func newWorkers(s *Server) (*ants.PoolWithFuncGeneric[*task], error) {
+	return ants.NewPoolWithFuncGeneric(s.opts.workers, s.run,
+		ants.WithNonblocking(true),
+		ants.WithExpiryDuration(workerIdle),
+		ants.WithLogger(silentAnts{}),
+		ants.WithPanicHandler(func(p any) {
+			// Registry.Handle recovers the methods' panics: this is a bug here.
+			s.opts.logger.Error("epollbatch: worker panicked", "panic", p)
+		}))
+}
+
+// silentAnts keeps ants from writing to stderr: the library is silent.
+type silentAnts struct{}
+
+func (silentAnts) Printf(string, ...any) {}
+
+// submit hands a request to a worker. It owns t; on failure it gives t
+// back and returns the text of the error reply to send in its place:
+// every worker is busy (ants.ErrPoolOverload), or the pool is closed.
+func (s *Server) submit(t *task) (refusal string, ok bool) {
+	err := s.workers.Invoke(t)
+	if err == nil {
+		return "", true
+	}
+	putBuf(t.bp)
+	*t = task{}
+	taskPool.Put(t)
+	s.overloaded.Add(1)
+	if errors.Is(err, ants.ErrPoolOverload) {
+		return fmt.Sprintf("epollbatch: server overloaded (%d workers busy)", s.workers.Cap()), false
+	}
+	return "epollbatch: server closing", false
+}
+
+// run runs one request on a worker and hands its reply over.
+func (s *Server) run(t *task) {
+	s.busy.Add(1)
+	r, size, h := t.r, t.size, t.f.Header
+	out := getBuf()
+	*out = s.reg.Handle(s.ctx, &t.f, (*out)[:0])
+	putBuf(t.bp)
+	*t = task{}
+	taskPool.Put(t)
+	s.busy.Add(-1)
+	r.reply(out, size, &h)
+}
+
+// admitReply applies WithMaxBytesInFlight to a reply of n bytes, on a
+// connection that holds held bytes besides (requests in flight, replies
+// not yet written), waiting of them replies. A reply that would take the
+// connection past limit while other replies wait to be written is
+// refused: *out becomes a short error reply instead, so that a client
+// that does not read cannot make the server hold more than the limit.
+// One reply is always let in when none waits, however large (up to the
+// frame limit). It returns out's size after.
+func admitReply(out *[]byte, h *protocol.Header, n, held, waiting, limit int64) int64 {
+	if held+n <= limit || waiting == 0 {
+		return n
+	}
+	if cap(*out) > maxPooledBuf { // do not keep a large reply's buffer for a short error
+		*out = make([]byte, 0, 256)
+	}
+	*out = service.AppendError((*out)[:0], h, fmt.Sprintf(
+		"epollbatch: reply of %d bytes refused: the connection already holds %d bytes not yet written (WithMaxBytesInFlight %d); the client is not reading its replies",
+		n, held, limit))
+	return int64(len(*out))
+}
