@@ -234,9 +234,13 @@ func (c *Client) conn(ctx context.Context, i int) (callConn, error) {
 		close(s.dialing)
 		s.dialing = nil
 		if err != nil {
-			s.lastErr = err
-			s.backoff = min(max(2*s.backoff, minBackoff), maxBackoff)
-			s.retryAt = time.Now().Add(s.backoff)
+			// A dial cut short because its caller gave up says nothing
+			// of the server: the next caller dials again at once.
+			if ctx.Err() == nil || c.ctx.Err() != nil {
+				s.lastErr = err
+				s.backoff = min(max(2*s.backoff, minBackoff), maxBackoff)
+				s.retryAt = time.Now().Add(s.backoff)
+			}
 			c.mu.Unlock()
 			return nil, err
 		}

@@ -210,3 +210,43 @@ func TestTLSHandshakeWithinDialTimeout(t *testing.T) {
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.Less(t, time.Since(start), 2*time.Second)
 }
+
+// slowListener delays each Accept, so that a TLS handshake (which the
+// server starts once it has accepted) takes that long.
+type slowListener struct {
+	net.Listener
+	delay time.Duration
+}
+
+func (l slowListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	time.Sleep(l.delay)
+	return nc, err
+}
+
+// A dial that fails because the caller who started it gave up (its ctx
+// ended) says nothing of the server: the next caller dials again, instead
+// of failing at once with the first caller's timeout as the slot's error.
+func TestDialCutShortByItsCallerDoesNotFailOthers(t *testing.T) {
+	ca := newTestCA(t)
+	s := echoServer()
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() {
+		served <- s.Serve(tls.NewListener(slowListener{inner, 150 * time.Millisecond}, &tls.Config{Certificates: []tls.Certificate{ca.leaf(t, "server")}}))
+	}()
+	defer func() { s.Close(); <-served }()
+	c, err := Dial("tcp", inner.Addr().String(), WithConns(2), WithCodec(codec.Raw), WithTLSConfig(&tls.Config{RootCAs: ca.pool}))
+	require.NoError(t, err) // slot 0, in 150 ms
+	defer c.Close()
+
+	short, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	err = c.Call(short, "echo.Echo", []byte("a"), new([]byte)) // slot 1: its dial outlives the ctx
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.NoError(t, c.Call(context.Background(), "echo.Echo", []byte("b"), new([]byte))) // slot 0
+	ctx, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	require.NoError(t, c.Call(ctx, "echo.Echo", []byte("c"), new([]byte)), "slot 1 failed with the first caller's timeout")
+}
