@@ -79,9 +79,9 @@ func Impls() []Impl {
 	return append([]Impl{netrpcImpl(), v1Impl(), v2Impl(), v3Impl()}, v4Impls()...)
 }
 
-// Lookup returns the implementation named name.
+// Lookup returns the implementation named name, in Impls or Extras.
 func Lookup(name string) (Impl, error) {
-	for _, im := range Impls() {
+	for _, im := range append(Impls(), Extras()...) {
 		if im.Name == name {
 			return im, nil
 		}

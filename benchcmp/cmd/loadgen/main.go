@@ -126,7 +126,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 
 func implNames() []string {
 	var names []string
-	for _, im := range benchcmp.Impls() {
+	for _, im := range append(benchcmp.Impls(), benchcmp.Extras()...) {
 		names = append(names, im.Name)
 	}
 	return names
