@@ -3,8 +3,10 @@ package protocol
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"testing"
 	"time"
 )
@@ -21,6 +23,12 @@ func addSeeds(f *testing.F) {
 	two, _ = AppendFrame(two, &samples[3].h, "", "err", nil)
 	f.Add(two)
 	f.Add(two[:len(two)-1])
+	// Requests whose flag announces metadata the body does not hold: the
+	// framing is intact, only SplitMetadata refuses them.
+	for _, body := range []string{"", "\x00\x00\x00\x09\x00\x01k", "\x00\x00\x00\x03\x00\x05kv", "\x00\x01\x00\x00"} {
+		wire, _ := AppendFrame(nil, &Header{Type: TypeRequest, Flags: FlagMetadata, Seq: 3}, "A.B", "", []byte(body))
+		f.Add(wire)
+	}
 	f.Add(header(0, 0, 1<<31))
 	f.Add([]byte("RS"))
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
@@ -58,6 +66,9 @@ func FuzzParse(f *testing.F) {
 			}
 			if !bytes.Equal(again, b[:n]) {
 				t.Fatalf("re-encoded frame differs:\n got %x\nwant %x", again, b[:n])
+			}
+			if fr.Flags&FlagMetadata != 0 {
+				checkSplit(t, fr.Body, fuzzMax)
 			}
 			b = b[n:]
 		}
@@ -141,4 +152,133 @@ func FuzzRoundTrip(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkSplit runs SplitMetadata on body and, when it accepts the body,
+// checks what it returned: the block and the payload make up the body, and
+// RangeMetadata visits whole pairs that make up the block.
+func checkSplit(t *testing.T, body []byte, max int) (md []byte, ok bool) {
+	t.Helper()
+	md, payload, err := SplitMetadata(body, max)
+	if err != nil {
+		if !errors.Is(err, ErrBadMetadata) && !errors.Is(err, ErrMetadataTooLarge) {
+			t.Fatalf("SplitMetadata: unexpected error %v", err)
+		}
+		if md != nil || payload != nil {
+			t.Fatalf("SplitMetadata returned sections with error %v", err)
+		}
+		return nil, false
+	}
+	if len(md) > max || 4+len(md)+len(payload) != len(body) || int(binary.BigEndian.Uint32(body)) != len(md) {
+		t.Fatalf("SplitMetadata: block of %d and payload of %d from a body of %d", len(md), len(payload), len(body))
+	}
+	if cap(md) != len(md) || cap(payload) != len(payload) ||
+		(len(md) > 0 && &md[0] != &body[4]) || (len(payload) > 0 && &payload[0] != &body[4+len(md)]) {
+		t.Fatalf("SplitMetadata: sections do not alias the body, or can be appended over")
+	}
+	sum := 0
+	RangeMetadata(md, func(k, v []byte) bool {
+		sum += pairOverhead + len(k) + len(v)
+		return true
+	})
+	if sum != len(md) {
+		t.Fatalf("RangeMetadata visited pairs of %d bytes in a block of %d", sum, len(md))
+	}
+	return md, true
+}
+
+// fuzzMDMax is a small metadata limit, so that the fuzzer reaches it often.
+const fuzzMDMax = 512
+
+// FuzzSplitMetadata: whatever the body, SplitMetadata never panics; a block
+// it accepts is whole pairs for RangeMetadata; a map survives AppendMetadata,
+// SplitMetadata and RangeMetadata; and the block of a map is canonical:
+// a block of sorted, distinct keys re-encodes to exactly its bytes.
+func FuzzSplitMetadata(f *testing.F) {
+	seeds := []map[string]string{
+		nil,
+		{"": ""},
+		{"authorization": "Bearer x", "request-id": "42"},
+		{"k\x00": "\xff\x00", "\x00": ""},
+	}
+	for _, md := range seeds {
+		b, _ := AppendMetadata(nil, md, 0)
+		f.Add(append(b, "payload"...))
+	}
+	f.Add([]byte{})
+	f.Add([]byte{0, 0, 0, 9, 0, 1, 'k'})
+	f.Add([]byte{0, 0, 0, 7, 0, 1, 'k', 0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte{0, 0, 2, 1})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		// SplitMetadata on arbitrary bytes, with a small limit and the
+		// largest one.
+		md, ok := checkSplit(t, data, fuzzMDMax)
+		checkSplit(t, data, math.MaxInt)
+		if ok {
+			m := map[string]string{}
+			sorted := true
+			var prev []byte
+			RangeMetadata(md, func(k, v []byte) bool {
+				if prev != nil && bytes.Compare(prev, k) >= 0 {
+					sorted = false
+				}
+				prev = k
+				m[string(k)] = string(v)
+				return true
+			})
+			again, err := AppendMetadata(nil, m, fuzzMDMax)
+			if sorted && (err != nil || !bytes.Equal(again[4:], md)) {
+				t.Fatalf("sorted pairs re-encode differently (%v):\n got %x\nwant %x", err, again, md)
+			}
+			roundTripMetadata(t, m)
+		}
+
+		// and a map made of the bytes: fields split at 0x00, taken in pairs.
+		fields := bytes.Split(data, []byte{0})
+		m := map[string]string{}
+		for i := 0; i+1 < len(fields); i += 2 {
+			m[string(fields[i])] = string(fields[i+1])
+		}
+		roundTripMetadata(t, m)
+	})
+}
+
+// roundTripMetadata encodes m and decodes it again; a block over the limit
+// must be refused, appending nothing.
+func roundTripMetadata(t *testing.T, m map[string]string) {
+	t.Helper()
+	size := 0
+	for k, v := range m {
+		size += pairOverhead + len(k) + len(v)
+	}
+	dst := []byte("prefix")
+	wire, err := AppendMetadata(dst, m, fuzzMDMax)
+	if size > fuzzMDMax {
+		if !errors.Is(err, ErrMetadataTooLarge) || len(wire) != len(dst) {
+			t.Fatalf("a block of %d bytes, limit %d: %v, %d bytes appended", size, fuzzMDMax, err, len(wire)-len(dst))
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("AppendMetadata: %v", err)
+	}
+	wire = append(wire, "payload"...)
+	md, payload, err := SplitMetadata(wire[len(dst):], fuzzMDMax)
+	if err != nil || len(md) != size || string(payload) != "payload" {
+		t.Fatalf("SplitMetadata of an encoded map: %v; block of %d, want %d; payload %q", err, len(md), size, payload)
+	}
+	got := map[string]string{}
+	RangeMetadata(md, func(k, v []byte) bool {
+		got[string(k)] = string(v)
+		return true
+	})
+	if len(got) != len(m) {
+		t.Fatalf("round trip gave %d pairs, want %d", len(got), len(m))
+	}
+	for k, v := range m {
+		if w, ok := got[k]; !ok || w != v {
+			t.Fatalf("round trip lost %q=%q (got %q, %v)", k, v, w, ok)
+		}
+	}
 }

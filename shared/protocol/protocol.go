@@ -11,6 +11,11 @@
 //	| service method (mlen) | error text (elen) | body (blen)              |
 //	+-----------------------------------------------------------------------+
 //
+// A request carrying [FlagMetadata] has an optional section at the start of
+// its body: the caller's metadata, string key/value pairs like gRPC's, in a
+// length-prefixed block ahead of the codec's bytes ([AppendMetadata],
+// [SplitMetadata], [RangeMetadata]). Frames without the flag are unchanged.
+//
 // docs/protocol.md draws every field and says which version first needs it.
 //
 // Frames are encoded by appending to a caller's buffer ([AppendFrame], or
@@ -94,6 +99,10 @@ const (
 	// time the caller had left when it sent the frame. Without this flag the
 	// caller has no deadline and Budget is zero.
 	FlagDeadline Flags = 1 << 1
+	// FlagMetadata marks a request whose body section begins with a
+	// metadata block (see [AppendMetadata] and [SplitMetadata]): the
+	// caller's per-call key/value pairs, followed by the codec's bytes.
+	FlagMetadata Flags = 1 << 2
 )
 
 // The errors a decoder returns. Each is a sentinel for errors.Is; the

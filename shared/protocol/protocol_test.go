@@ -56,6 +56,8 @@ var samples = []sample{
 	{h: Header{Type: TypeOneway, Codec: 1, Seq: 9}, method: "Log.Write", body: "\x00\xff"},
 	{h: Header{Type: TypePing, Seq: 10}},
 	{h: Header{Type: TypePong, Seq: 10}},
+	{h: Header{Type: TypeRequest, Codec: 3, Flags: FlagMetadata | FlagDeadline, Seq: 11, Budget: 250 * time.Millisecond}, method: "Echo.Echo", body: mdBody(map[string]string{"request-id": "11", "tenant": "acme"}, `"hi"`)},
+	{h: Header{Type: TypeOneway, Codec: 1, Flags: FlagMetadata, Seq: 12}, method: "Log.Write", body: mdBody(map[string]string{"": ""}, "line")},
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -452,7 +454,7 @@ func TestTypeString(t *testing.T) {
 	require.Equal(t, "type(9)", Type(9).String())
 }
 
-// The two frames drawn in docs/protocol.md, byte for byte.
+// The frames drawn in docs/protocol.md, byte for byte.
 func TestDocExample(t *testing.T) {
 	unhex := func(s string) []byte {
 		var b []byte
@@ -473,4 +475,11 @@ func TestDocExample(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, unhex(`52 53 01 02 01 01 00 00  00 00 00 00 00 00 00 02  00 00 00 00 00 00 00 0e  00 00 00 00
 		64 69 76 69 64 65 20 62 79 20 7a 65 72 6f`), reply)
+
+	body, err := AppendMetadata(nil, map[string]string{"tenant": "acme"}, 0)
+	require.NoError(t, err)
+	withMD, err := AppendFrame(nil, &Header{Type: TypeRequest, Codec: 1, Flags: FlagMetadata, Seq: 3}, "Echo.Echo", "", append(body, "hello"...))
+	require.NoError(t, err)
+	require.Equal(t, unhex(`52 53 01 01 01 04 00 09  00 00 00 00 00 00 00 03  00 00 00 00 00 00 00 00  00 00 00 19
+		45 63 68 6f 2e 45 63 68 6f  00 00 00 10  00 06 74 65 6e 61 6e 74  00 00 00 04 61 63 6d 65  68 65 6c 6c 6f`), withMD)
 }

@@ -15,13 +15,48 @@ import (
 // one-way request nothing is appended.
 //
 // ctx is the server's base context: the method's ctx derives from it, with
-// the caller's deadline added when the request carries one. Every failure
-// (unknown service or method, unknown codec, undecodable arguments, the
-// method's error, a panic, an unencodable reply) becomes an error reply
-// whose text a client returns as a ServerError. Handle never panics because
-// of what req holds.
+// the caller's deadline added when the request carries one. A request
+// carrying protocol.FlagMetadata has its metadata block skipped: the
+// arguments are decoded from the bytes after it. Every failure (unknown
+// service or method, unknown codec, malformed metadata, undecodable
+// arguments, the method's error, a panic, an unencodable reply) becomes an
+// error reply whose text a client returns as a ServerError. Handle never
+// panics because of what req holds.
+//
+// Handle is HandleWith with no interceptor.
 func (r *Registry) Handle(ctx context.Context, req *protocol.Frame, dst []byte) []byte {
-	reply, err := r.call(ctx, req)
+	return r.HandleWith(ctx, req, dst, nil)
+}
+
+// Interceptor wraps the run of a method, like a gRPC unary server
+// interceptor: it is called with the method's ctx, the "Service.Method"
+// name, the decoded arguments (for a method taking A, a copy of the A it
+// will receive; for one taking *A, the pointer itself), the reply pointer,
+// and invoke, which runs the method with the ctx it is given (a method that
+// takes no ctx ignores it) and returns the method's error.
+//
+// An interceptor may add values to the ctx it passes to invoke, look at or
+// change the arguments and the reply, or not call invoke at all: the error
+// it returns is the call's outcome (a nil error sends the reply as it is, an
+// error is sent as its text). A panic in the method is recovered by invoke
+// and returned as a ServerError, so an interceptor sees every outcome as an
+// error. invoke must be called, if at all, before the interceptor returns;
+// each call runs the method once more.
+type Interceptor func(ctx context.Context, serviceMethod string, args, reply any, invoke func(ctx context.Context) error) error
+
+// HandleWith is Handle with icpt around the method (nil: none, and
+// HandleWith is Handle). The failures that happen before the method can run
+// (unknown service or method, unknown codec, malformed metadata,
+// undecodable arguments) are answered before icpt is called, and icpt does
+// not see them; the reply is encoded after icpt returns. The ctx icpt gets
+// carries the caller's deadline, whether or not the method takes a ctx. A
+// panic in icpt is recovered, logged and answered with a ServerError, as a
+// panic in a method. A one-way request runs the same way, with no reply.
+//
+// v4 calls it with an interceptor that puts the request's metadata on the
+// ctx; v1 to v3 call Handle.
+func (r *Registry) HandleWith(ctx context.Context, req *protocol.Frame, dst []byte, icpt Interceptor) []byte {
+	reply, err := r.call(ctx, req, icpt)
 	if req.Type == protocol.TypeOneway {
 		if err != nil {
 			r.logger.Debug("rpc: one-way call failed", "method", string(req.Method), "err", err)
@@ -67,8 +102,9 @@ func (r *Registry) marshal(id uint8, dst []byte, v any) ([]byte, error) {
 	return c.Marshal(dst, v)
 }
 
-// call decodes the arguments, runs the method and returns its reply value.
-func (r *Registry) call(ctx context.Context, req *protocol.Frame) (reply reflect.Value, err error) {
+// call decodes the arguments, runs the method (through icpt, unless it is
+// nil) and returns its reply value.
+func (r *Registry) call(ctx context.Context, req *protocol.Frame, icpt Interceptor) (reply reflect.Value, err error) {
 	s, m, err := r.lookup(req.Method)
 	if err != nil {
 		return reflect.Value{}, err
@@ -76,6 +112,12 @@ func (r *Registry) call(ctx context.Context, req *protocol.Frame) (reply reflect
 	c, err := codec.Lookup(req.Codec)
 	if err != nil {
 		return reflect.Value{}, ServerError(fmt.Sprintf("rpc: %s: %v", req.Method, err))
+	}
+	body := req.Body
+	if req.Flags&protocol.FlagMetadata != 0 {
+		if _, body, err = protocol.SplitMetadata(body, protocol.DefaultMaxMetadataSize); err != nil {
+			return reflect.Value{}, ServerError(fmt.Sprintf("rpc: decoding metadata of %s: %v", req.Method, err))
+		}
 	}
 
 	// Arguments: decode into a new value; a method taking A (not *A) gets
@@ -86,7 +128,7 @@ func (r *Registry) call(ctx context.Context, req *protocol.Frame) (reply reflect
 	} else {
 		argv = reflect.New(m.argType)
 	}
-	if err := c.Unmarshal(req.Body, argv.Interface()); err != nil {
+	if err := c.Unmarshal(body, argv.Interface()); err != nil {
 		return reflect.Value{}, ServerError(fmt.Sprintf("rpc: decoding arguments of %s: %v", req.Method, err))
 	}
 	if m.argType.Kind() != reflect.Pointer {
@@ -101,32 +143,60 @@ func (r *Registry) call(ctx context.Context, req *protocol.Frame) (reply reflect
 		reply.Elem().Set(reflect.MakeSlice(m.replyType.Elem(), 0, 0))
 	}
 
-	var in []reflect.Value
-	if m.withCtx {
-		if req.Flags&protocol.FlagDeadline != 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, req.Budget)
-			defer cancel()
-		}
-		in = []reflect.Value{s.rcvr, reflect.ValueOf(ctx), argv, reply}
-	} else {
-		in = []reflect.Value{s.rcvr, argv, reply}
+	// The caller's deadline, for a method that takes a ctx or an
+	// interceptor (without either, nobody would see it).
+	if req.Flags&protocol.FlagDeadline != 0 && (m.withCtx || icpt != nil) {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, req.Budget)
+		defer cancel()
 	}
-	if err := r.invoke(m, req.Method, in); err != nil {
+	if icpt == nil {
+		err = r.invoke(ctx, s, m, req.Method, argv, reply)
+	} else {
+		err = r.intercept(ctx, s, m, req.Method, argv, reply, icpt)
+	}
+	if err != nil {
 		return reflect.Value{}, err
 	}
 	return reply, nil
 }
 
-// invoke calls the method, turning its error and any panic into a
-// ServerError.
-func (r *Registry) invoke(m *method, name []byte, in []reflect.Value) (err error) {
+// intercept runs the method through icpt, turning icpt's error and any
+// panic of icpt into a ServerError.
+func (r *Registry) intercept(ctx context.Context, s *svc, m *method, name []byte, argv, reply reflect.Value, icpt Interceptor) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.logger.Error("rpc: interceptor panicked", "method", string(name), "panic", p, "stack", string(debug.Stack()))
+			err = ServerError(fmt.Sprintf("rpc: interceptor of %s panicked: %v", name, p))
+		}
+	}()
+	invoke := func(ctx context.Context) error {
+		if ctx == nil {
+			return ServerError(fmt.Sprintf("rpc: interceptor of %s invoked it with a nil context", name))
+		}
+		return r.invoke(ctx, s, m, name, argv, reply)
+	}
+	if err := icpt(ctx, string(name), argv.Interface(), reply.Interface(), invoke); err != nil {
+		return ServerError(err.Error())
+	}
+	return nil
+}
+
+// invoke calls the method, with ctx when it takes one, turning its error and
+// any panic into a ServerError.
+func (r *Registry) invoke(ctx context.Context, s *svc, m *method, name []byte, argv, reply reflect.Value) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			r.logger.Error("rpc: method panicked", "method", string(name), "panic", p, "stack", string(debug.Stack()))
 			err = ServerError(fmt.Sprintf("rpc: method %s panicked: %v", name, p))
 		}
 	}()
+	var in []reflect.Value
+	if m.withCtx {
+		in = []reflect.Value{s.rcvr, reflect.ValueOf(ctx), argv, reply}
+	} else {
+		in = []reflect.Value{s.rcvr, argv, reply}
+	}
 	out := m.fn.Call(in)
 	if e := out[0].Interface(); e != nil {
 		return ServerError(e.(error).Error())

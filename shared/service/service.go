@@ -26,6 +26,14 @@
 // and ends with the server's base context. Methods that do not fit are
 // skipped. A request names a method "Service.Method", split at the last dot,
 // so a service name may itself contain dots.
+//
+// # Metadata and interceptors
+//
+// A request may carry metadata, key/value pairs for the call, ahead of its
+// arguments ([AppendRequestMetadata]; the block is described in
+// shared/protocol). [Registry.Handle] skips it. A server that uses it calls
+// [Registry.HandleWith] with an [Interceptor], which runs around the method
+// and may, for instance, put the pairs on the method's ctx.
 package service
 
 import (
