@@ -92,11 +92,22 @@ func Dial(network, address string, opts ...ClientOption) (*Client, error) {
 // Call calls serviceMethod ("Service.Method") with args, waits for the reply
 // and decodes it into reply. A method's error is returned as a ServerError.
 // If ctx ends first, Call returns at once with an error that matches
-// ctx.Err() (errors.Is), and reply is left alone.
+// ctx.Err() (errors.Is), and reply is left alone. Metadata on ctx
+// (NewOutgoingContext) travels with the request.
 func (c *Client) Call(ctx context.Context, serviceMethod string, args, reply any) error {
+	if c.opts.intercept != nil {
+		return c.intercept(ctx, serviceMethod, args, reply, func(ctx context.Context) error {
+			return c.call(ctx, serviceMethod, args, reply, protocol.TypeRequest)
+		})
+	}
+	return c.call(ctx, serviceMethod, args, reply, protocol.TypeRequest)
+}
+
+// call makes one call and waits for its outcome, past the interceptors.
+func (c *Client) call(ctx context.Context, serviceMethod string, args, reply any, typ protocol.Type) error {
 	call := callPool.Get().(*Call)
 	call.ServiceMethod, call.Args, call.Reply = serviceMethod, args, reply
-	c.start(ctx, call, protocol.TypeRequest, false)
+	c.start(ctx, call, typ, false)
 	<-call.Done
 	err := call.Error
 	*call = Call{Done: call.Done}
@@ -119,6 +130,15 @@ func (c *Client) Go(ctx context.Context, serviceMethod string, args, reply any, 
 		panic("epollbatch: Go: done channel is unbuffered")
 	}
 	call := &Call{ServiceMethod: serviceMethod, Args: args, Reply: reply, Done: done}
+	if c.opts.intercept != nil { // the interceptors may wait: on a goroutine of the call's own
+		call.logger = c.opts.logger
+		go func() {
+			call.complete(c.intercept(ctx, serviceMethod, args, reply, func(ctx context.Context) error {
+				return c.call(ctx, serviceMethod, args, reply, protocol.TypeRequest)
+			}))
+		}()
+		return call
+	}
 	c.start(ctx, call, protocol.TypeRequest, true)
 	return call
 }
@@ -127,14 +147,12 @@ func (c *Client) Go(ctx context.Context, serviceMethod string, args, reply any, 
 // and sends no reply. Notify returns once the request is queued for the
 // connection's writer.
 func (c *Client) Notify(ctx context.Context, serviceMethod string, args any) error {
-	call := callPool.Get().(*Call)
-	call.ServiceMethod, call.Args = serviceMethod, args
-	c.start(ctx, call, protocol.TypeOneway, false)
-	<-call.Done
-	err := call.Error
-	*call = Call{Done: call.Done}
-	callPool.Put(call)
-	return err
+	if c.opts.intercept != nil {
+		return c.intercept(ctx, serviceMethod, args, nil, func(ctx context.Context) error {
+			return c.call(ctx, serviceMethod, args, nil, protocol.TypeOneway)
+		})
+	}
+	return c.call(ctx, serviceMethod, args, nil, protocol.TypeOneway)
 }
 
 // Close closes the client, its connections and its reactors. Later calls

@@ -99,7 +99,7 @@ func (cc *clientConn) pendingLen() int {
 func (cc *clientConn) send(ctx context.Context, call *Call, typ protocol.Type, async bool) {
 	seq := cc.seq.Add(1)
 	bp := getBuf()
-	frame, err := service.AppendRequest(ctx, (*bp)[:0], typ, seq, cc.cl.opts.codec, call.ServiceMethod, call.Args)
+	frame, err := appendRequest(ctx, (*bp)[:0], typ, seq, cc.cl.opts.codec, call.ServiceMethod, call.Args)
 	*bp = frame
 	if err != nil {
 		putBuf(bp)

@@ -32,6 +32,8 @@ type serverOptions struct {
 	reactors         int
 	workers          int
 	portable         bool
+	interceptors     []ServerInterceptor
+	intercept        ServerInterceptor // interceptors chained; nil for none
 }
 
 type clientOptions struct {
@@ -46,6 +48,8 @@ type clientOptions struct {
 	reactors     int
 	portable     bool
 	tlsConfig    *tls.Config
+	interceptors []ClientInterceptor
+	intercept    ClientInterceptor // interceptors chained; nil for none
 }
 
 // Defaults of the options.
@@ -84,6 +88,7 @@ func newServerOptions(opts []ServerOption) serverOptions {
 		opt.applyServer(&o)
 	}
 	o.bufSize = min(o.bufSize, o.maxFrameSize) // no frame needs more
+	o.intercept = chain(o.interceptors)
 	return o
 }
 
@@ -103,6 +108,7 @@ func newClientOptions(opts []ClientOption) clientOptions {
 		opt.applyClient(&o)
 	}
 	o.bufSize = min(o.bufSize, o.maxFrameSize)
+	o.intercept = chain(o.interceptors)
 	return o
 }
 

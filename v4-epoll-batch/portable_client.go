@@ -90,7 +90,7 @@ func (mc *pclientConn) send(ctx context.Context, call *Call, typ protocol.Type, 
 	seq := mc.seq.Add(1)
 	bp := getBuf()
 	defer putBuf(bp)
-	frame, err := service.AppendRequest(ctx, (*bp)[:0], typ, seq, mc.c.opts.codec, call.ServiceMethod, call.Args)
+	frame, err := appendRequest(ctx, (*bp)[:0], typ, seq, mc.c.opts.codec, call.ServiceMethod, call.Args)
 	*bp = frame
 	if err != nil {
 		call.complete(fmt.Errorf("epollbatch: call %s: encoding the request: %w", call.ServiceMethod, err))

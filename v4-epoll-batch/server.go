@@ -350,7 +350,13 @@ func (s *Server) run(t *task) {
 	s.busy.Add(1)
 	r, size, h := t.r, t.size, t.f.Header
 	out := getBuf()
-	*out = s.reg.Handle(s.ctx, &t.f, (*out)[:0])
+	if ctx, err := incoming(s.ctx, &t.f); err != nil {
+		if t.f.Type == protocol.TypeRequest {
+			*out = service.AppendError((*out)[:0], &h, fmt.Sprintf("epollbatch: metadata of %s: %v", t.f.Method, err))
+		}
+	} else {
+		*out = s.reg.HandleWith(ctx, &t.f, (*out)[:0], service.Interceptor(s.opts.intercept))
+	}
 	putBuf(t.bp)
 	*t = task{}
 	taskPool.Put(t)
