@@ -58,7 +58,7 @@ const maxCallers = 1 << 20
 func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
 	fs.SetOutput(out)
-	impl := fs.String("impl", "v3", "implementation: "+strings.Join(implNames(), ", ")+", or all")
+	impl := fs.String("impl", "v3", "implementation, or a comma-separated list of them: "+strings.Join(implNames(), ", ")+", or all")
 	callers := fs.String("callers", "64", "goroutines calling at once through the one client; a comma-separated list runs each")
 	size := fs.Int("size", 64, "payload size in bytes, at least 8")
 	duration := fs.Duration("duration", 5*time.Second, "how long each run makes calls")
@@ -94,11 +94,13 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	if *impl == "all" {
 		cfg.impls = benchcmp.Impls()
 	} else {
-		im, err := lookup(*impl)
-		if err != nil {
-			return nil, err
+		for name := range strings.SplitSeq(*impl, ",") {
+			im, err := lookup(strings.TrimSpace(name))
+			if err != nil {
+				return nil, err
+			}
+			cfg.impls = append(cfg.impls, im)
 		}
-		cfg.impls = []benchcmp.Impl{im}
 	}
 	for s := range strings.SplitSeq(*callers, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
