@@ -103,13 +103,16 @@ diff: ## the step between two versions: make diff FROM=v1 TO=v2
 # latencies are not shared with the client's scheduler and GC. The grid is
 # 3 caller counts x every implementation x LOADGEN_DURATION.
 LOADGEN_DURATION ?= 5s
+# IMPL: all, or a list such as v4,v4-portable,v4-tls (the two engines, TLS).
+IMPL             ?= all
+SIZE             ?= 64
 
 .PHONY: loadgen
-loadgen: ## cross-process load: every impl x callers 1, 64, 1024 at 64 B, LOADGEN_DURATION (5s) each
+loadgen: ## cross-process load: IMPL (all) x callers 1, 64, 1024 at SIZE (64) B, LOADGEN_DURATION (5s) each
 	@mkdir -p $(RESULTS)
 	@out=$(RESULTS)/loadgen-$$(date -u +%Y%m%dT%H%M%SZ).txt; \
-	echo "== loadgen: every implementation x callers 1, 64, 1024, 64 B payloads, $(LOADGEN_DURATION) each; output also in $$out"; \
-	$(GO) run ./benchcmp/cmd/loadgen -impl all -callers 1,64,1024 -size 64 -duration $(LOADGEN_DURATION) | tee $$out; \
+	echo "== loadgen: -impl $(IMPL) x callers 1, 64, 1024, $(SIZE) B payloads, $(LOADGEN_DURATION) each; output also in $$out"; \
+	$(GO) run ./benchcmp/cmd/loadgen -impl $(IMPL) -callers 1,64,1024 -size $(SIZE) -duration $(LOADGEN_DURATION) | tee $$out; \
 	exit $${PIPESTATUS[0]}
 
 .PHONY: plots

@@ -43,6 +43,23 @@ type Client struct {
 // errNoPong: a connection silent for too long, even to a ping.
 var errNoPong = errors.New("epollbatch: connection silent: no reply to ping")
 
+// alive folds the time bytes last arrived (lastRead, Unix ns; 0 for
+// never) into a connection's heartbeat: bytes count as a sign of life,
+// not only whole frames, so a large reply still arriving is not silence,
+// and bytes after the outstanding ping answer it as a pong would.
+func alive(lastRecv, pingSent time.Time, lastRead int64) (time.Time, time.Time) {
+	if lastRead == 0 {
+		return lastRecv, pingSent
+	}
+	if t := time.Unix(0, lastRead); t.After(lastRecv) {
+		lastRecv = t
+	}
+	if !pingSent.IsZero() && lastRecv.After(pingSent) {
+		pingSent = time.Time{}
+	}
+	return lastRecv, pingSent
+}
+
 // callConn is one connection of a client, whichever engine drives it.
 type callConn interface {
 	// send encodes and queues the call's request; it completes the call

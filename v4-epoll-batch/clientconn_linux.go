@@ -55,6 +55,7 @@ func (cc *clientConn) beat() {
 		return
 	}
 	now := time.Now()
+	cc.lastRecv, cc.pingSent = alive(cc.lastRecv, cc.pingSent, cc.c.lastRead.Load())
 	if !cc.pingSent.IsZero() && now.Sub(cc.pingSent) >= 2*d {
 		cc.mu.Unlock()
 		cc.fail(errNoPong)

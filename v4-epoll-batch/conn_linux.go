@@ -94,6 +94,7 @@ type conn struct {
 	rings *sync.Pool
 
 	// Any goroutine.
+	lastRead  atomic.Int64 // when bytes last arrived (Unix ns): a client's sign of life
 	scheduled atomic.Bool
 	closeReq  atomic.Pointer[error]
 	drainReq  atomic.Bool
@@ -227,6 +228,7 @@ func (c *conn) onReadable() {
 		n, err := unix.Read(c.fd, buf[c.w:])
 		if n > 0 {
 			c.w += n
+			c.lastRead.Store(time.Now().UnixNano())
 			c.touch()
 			frames += c.parse()
 			continue

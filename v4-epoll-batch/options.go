@@ -204,7 +204,9 @@ func (n bufSize) applyClient(o *clientOptions) { o.bufSize = int(n) }
 // connection is reading. A frame larger than the buffer gets a larger
 // one, grown by doubling as its bytes arrive (up to the frame limit).
 // Values above the frame limit are taken as the frame limit; n <= 0 keeps
-// the default.
+// the default. The portable engine reads through a buffer of its own for
+// each connection's life, of n bytes but at most 4 KiB (a larger frame is
+// read past it, into a buffer grown as its bytes arrive).
 func WithBufferSize(n int) Option {
 	if n <= 0 {
 		n = DefaultBufferSize
@@ -248,7 +250,8 @@ func WithPingInterval(d time.Duration) ClientOption {
 // goroutine of its own, so that a server that stops reading cannot make
 // the client grow without bound. One request is always let in when
 // nothing waits, however large; so with n = 1 requests go one at a time.
-// n <= 0 keeps the default.
+// (On the portable engine the batch being written is not counted, as in
+// v3: up to twice n may be held.) n <= 0 keeps the default.
 func WithMaxQueuedBytes(n int) ClientOption {
 	return clientFunc(func(o *clientOptions) {
 		if n > 0 {
@@ -300,7 +303,8 @@ func (n reactors) applyClient(o *clientOptions) { o.reactors = int(n) }
 // one group of GOMAXPROCS reactors by default (started by the first Dial,
 // stopped when the last Client closes); with this option a client has n
 // of its own. Each connection belongs to one reactor for its whole life.
-// n <= 0 is taken as 1.
+// n <= 0 is taken as 1. Connections on the portable engine have no
+// reactor; the option does not concern them.
 func WithReactors(n int) Option {
 	if n <= 0 {
 		n = 1

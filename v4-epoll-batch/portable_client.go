@@ -37,6 +37,8 @@ type pclientConn struct {
 	nc  net.Conn
 	seq atomic.Uint64
 
+	lastRead atomic.Int64 // when bytes last arrived (Unix ns), set by the reader
+
 	mu        sync.Mutex
 	pending   map[uint64]*Call
 	wbuf      []byte        // frames queued for the writer
@@ -220,7 +222,7 @@ func (mc *pclientConn) writeLoop() {
 // readLoop reads replies and completes their calls, until the connection
 // fails.
 func (mc *pclientConn) readLoop() {
-	br := bufio.NewReaderSize(mc.nc, min(mc.c.opts.bufSize, portableReadBuf))
+	br := bufio.NewReaderSize(readRecorder{mc}, min(mc.c.opts.bufSize, portableReadBuf))
 	var rbuf []byte
 	var f protocol.Frame
 	for {
@@ -312,6 +314,7 @@ func (mc *pclientConn) beat() {
 		return
 	}
 	now := time.Now()
+	mc.lastRecv, mc.pingSent = alive(mc.lastRecv, mc.pingSent, mc.lastRead.Load())
 	if !mc.pingSent.IsZero() && now.Sub(mc.pingSent) >= 2*d {
 		mc.mu.Unlock()
 		mc.fail(errNoPong)
@@ -329,4 +332,16 @@ func (mc *pclientConn) beat() {
 	}
 	mc.heartbeat.Reset(d)
 	mc.mu.Unlock()
+}
+
+// readRecorder reads the connection for the reader's bufio.Reader, and
+// records when bytes arrive: part of a large reply is a sign of life too.
+type readRecorder struct{ mc *pclientConn }
+
+func (r readRecorder) Read(p []byte) (int, error) {
+	n, err := r.mc.nc.Read(p)
+	if n > 0 {
+		r.mc.lastRead.Store(time.Now().UnixNano())
+	}
+	return n, err
 }

@@ -46,7 +46,7 @@ func (call *Call) complete(err error) {
 type ServerStats struct {
 	Conns       int   // connections open now
 	InFlight    int   // requests (and pings) read whose reply is not yet written
-	Writes      int64 // writev calls of the senders
+	Writes      int64 // write calls: the reactors' writev, the portable engine's writes
 	Frames      int64 // frames they wrote: Frames/Writes is the batching
 	WorkersBusy int   // workers running a method now
 	Workers     int   // workers alive now
@@ -58,6 +58,6 @@ type Stats struct {
 	Conns   int   // connections open now
 	Pending int   // calls waiting for their reply now
 	Dials   int64 // connections made
-	Writes  int64 // writev calls
+	Writes  int64 // write calls (writev on the reactors); with shared reactors, every client's
 	Frames  int64 // frames they wrote
 }
