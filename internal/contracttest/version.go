@@ -1,6 +1,6 @@
-// Package contracttest holds the tests of ../shared/CONTRACT.md's API, run
-// by every version: each version's contract_test.go describes itself with a
-// Version and calls Run. A behaviour the contract fixes is tested once, here;
+// Package contracttest holds the tests of the contract every version keeps
+// (docs/contract.md), run by every version: each version's contract_test.go
+// describes itself with a Version and calls Run. A behaviour the contract fixes is tested once, here;
 // what only one version does (a pool's limits, a reactor's fairness) is
 // tested in that version's own package.
 package contracttest
