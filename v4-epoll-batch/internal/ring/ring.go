@@ -1,8 +1,8 @@
-// Package ring is a bounded, lock-free, multi-producer single-consumer
-// queue: many goroutines add values with [Ring.Put], one goroutine takes
-// them out in batches with [Ring.Drain]. The epoll server uses it to hand
-// replies to the sender goroutine, which writes a whole batch with one
-// writev.
+// Package ring is a bounded multi-producer single-consumer queue without
+// locks: many goroutines add values with [Ring.Put], one goroutine takes
+// them out in batches with [Ring.Drain]. v4's reactors use it to take
+// replies from the workers (and requests from callers): the connection's
+// reactor drains the ring and writes a whole batch with one writev.
 //
 // # Algorithm
 //
