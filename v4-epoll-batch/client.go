@@ -43,6 +43,10 @@ type Client struct {
 // errNoPong: a connection silent for too long, even to a ping.
 var errNoPong = errors.New("epollbatch: connection silent: no reply to ping")
 
+// errNotReading: a connection whose server took nothing of what was
+// queued for it for three ping intervals.
+var errNotReading = errors.New("epollbatch: connection dead: the server has read nothing for three ping intervals")
+
 // alive folds the time bytes last arrived (lastRead, Unix ns; 0 for
 // never) into a connection's heartbeat: bytes count as a sign of life,
 // not only whole frames, so a large reply still arriving is not silence,

@@ -29,6 +29,7 @@ type clientConn struct {
 	pending   map[uint64]*Call
 	err       error       // why the connection is dead; nil while alive
 	lastRecv  time.Time   // when a frame last arrived
+	born      time.Time   // when the heartbeat started
 	pingSent  time.Time   // when the outstanding ping left; zero if none
 	heartbeat *time.Timer // a timer, not a goroutine, per connection
 }
@@ -41,6 +42,7 @@ func (cc *clientConn) startHeartbeat() {
 	}
 	cc.mu.Lock()
 	cc.lastRecv = time.Now()
+	cc.born = cc.lastRecv
 	cc.heartbeat = time.AfterFunc(d, cc.beat)
 	cc.mu.Unlock()
 }
@@ -66,16 +68,22 @@ func (cc *clientConn) beat() {
 		*bp, _ = protocol.AppendFrame((*bp)[:0], &protocol.Header{Type: protocol.TypePing, Seq: cc.seq.Add(1)}, "", "", nil)
 		size := int64(len(*bp))
 		cc.c.outBytes.Add(size) // a ping is not held back by WithMaxQueuedBytes
-		if !cc.c.trySend(bp) {
-			// The ring is full: the server has not been taking what we
-			// send. That is no sign of life; a full ring waits for the
-			// server just as a ping would. The clock runs as if the ping
-			// had left: no frame from the server within two more
-			// intervals, and the connection is declared dead.
-			cc.c.outBytes.Add(-size)
+		if cc.c.trySend(bp) {
+			cc.pingSent = now
+		} else {
+			// The ring is full: no ping can go, and none is owed. Try
+			// again at the next beat. Meanwhile the writes say whether
+			// the server reads: if nothing could be written for three
+			// intervals, it has stopped reading, and the connection is
+			// dead, whatever is queued for it.
+			cc.release(size)
 			putBuf(bp)
+			if last := max(cc.c.lastWrite.Load(), cc.born.UnixNano()); now.Sub(time.Unix(0, last)) >= 3*d {
+				cc.mu.Unlock()
+				cc.fail(errNotReading)
+				return
+			}
 		}
-		cc.pingSent = now
 	}
 	cc.heartbeat.Reset(d)
 	cc.mu.Unlock()

@@ -73,17 +73,18 @@ type conn struct {
 	outBytes atomic.Int64
 
 	// Owned by the loop's goroutine.
-	in       *[]byte // input: frames from r to w; nil while idle
-	r, w     int
-	inSmall  bool // in is a small buffer holding only a partial frame (see releaseIn)
-	interest poller.Events
-	out      []*[]byte // drained from the ring, not yet fully written
-	outOff   int       // bytes of out[0] already written
-	iov      [][]byte  // one writev's buffers; cleared after each call, so that it keeps no frame alive
-	eof      bool      // no more requests: the peer half-closed, or shutdown
-	draining bool      // shutdown: finish the frame arriving, then eof
-	paused   bool      // reading stopped by back-pressure
-	closed   bool
+	in        *[]byte // input: frames from r to w; nil while idle
+	r, w      int
+	inSmall   bool // in is a small buffer holding only a partial frame (see releaseIn)
+	interest  poller.Events
+	out       []*[]byte // drained from the ring, not yet fully written
+	outOff    int       // bytes of out[0] already written
+	iov       [][]byte  // one writev's buffers; cleared after each call, so that it keeps no frame alive
+	eof       bool      // no more requests: the peer half-closed, or shutdown
+	draining  bool      // shutdown: finish the frame arriving, then eof
+	drainLeft int       // draining: what is still to be handed over (received before, and the rest of its last frame)
+	paused    bool      // reading stopped by back-pressure
+	closed    bool
 
 	// ring takes frames from other goroutines to the loop. A server
 	// connection borrows one from rings while it has requests in flight:
@@ -95,6 +96,7 @@ type conn struct {
 
 	// Any goroutine.
 	lastRead  atomic.Int64 // when bytes last arrived (Unix ns): a client's sign of life
+	lastWrite atomic.Int64 // when a writev last wrote something (Unix ns)
 	scheduled atomic.Bool
 	closeReq  atomic.Pointer[error]
 	drainReq  atomic.Bool
@@ -148,6 +150,38 @@ func (c *conn) returnRing() {
 
 // inPool holds input buffers (see room and releaseIn).
 var inPool sync.Pool
+
+// smallPools hold the buffers a partial frame waits in at rest (see
+// releaseIn), in three sizes, so that such a frame costs about its own
+// bytes: at most 512 B, 4 KiB or 32 KiB; a larger one gets a buffer of
+// its size.
+var smallPools [3]sync.Pool
+
+var smallSizes = [3]int{512, 4 << 10, 32 << 10}
+
+func getSmall(n int) *[]byte {
+	for i, size := range smallSizes {
+		if n <= size {
+			if bp, ok := smallPools[i].Get().(*[]byte); ok {
+				return bp
+			}
+			b := make([]byte, 0, size)
+			return &b
+		}
+	}
+	b := make([]byte, 0, n)
+	return &b
+}
+
+func putSmall(bp *[]byte) {
+	for i, size := range smallSizes {
+		if cap(*bp) == size {
+			*bp = (*bp)[:0]
+			smallPools[i].Put(bp)
+			return
+		}
+	}
+}
 
 // send queues a frame for the loop to write (any goroutine). It waits
 // while the ring is full, as long as ctx allows: producers never write to
@@ -204,7 +238,8 @@ func (c *conn) onScheduled() {
 	}
 	if c.drainReq.Load() && !c.draining && !c.eof {
 		c.draining = true
-		if c.r == c.w { // nothing arriving: stop now
+		c.drainLeft = c.w - c.r // what was received: its frames, and the start of the one arriving
+		if c.r == c.w {         // nothing arriving: stop now
 			c.stopReading()
 		}
 	}
@@ -269,7 +304,7 @@ func (c *conn) room() bool {
 		if c.in != nil { // the partial frame kept aside moves back in
 			c.w = copy(*in, (*c.in)[c.r:c.w])
 			c.r = 0
-			putBuf(c.in)
+			putSmall(c.in)
 			c.inSmall = false
 		}
 		c.in = in
@@ -304,14 +339,21 @@ func (c *conn) room() bool {
 // frame's bytes, in a small buffer, until more arrive: a peer that sends
 // a few bytes and stops costs a few bytes, not an input buffer.
 func (c *conn) releaseIn() {
-	if c.in == nil || c.inSmall {
+	if c.in == nil {
+		return
+	}
+	if c.inSmall { // it held the last frames; they are handed over
+		if c.r == c.w {
+			putSmall(c.in)
+			c.in, c.inSmall, c.r, c.w = nil, false, 0, 0
+		}
 		return
 	}
 	if n := c.w - c.r; n > 0 {
 		if n > cap(*c.in)/8 || n >= c.bufSize/2 { // worth keeping the buffer; or room must fit it again
 			return
 		}
-		small := getBuf()
+		small := getSmall(n)
 		*small = append((*small)[:0], (*c.in)[c.r:c.w]...)
 		c.putIn()
 		c.in, c.r, c.w, c.inSmall = small, 0, n, true
@@ -344,11 +386,16 @@ func (c *conn) parse() int {
 		if k == 0 {
 			break
 		}
+		if c.draining && c.drainLeft <= 0 { // a request that began after Shutdown: not read
+			c.stopReading()
+			break
+		}
 		raw := (*c.in)[c.r : c.r+k]
 		c.r += k
+		c.drainLeft -= k
 		frames++
 		c.side.frame(c, raw, &f)
-		if c.draining && c.r == c.w {
+		if c.draining && (c.r == c.w || c.drainLeft <= 0) {
 			c.stopReading()
 		}
 	}
@@ -423,6 +470,9 @@ func (c *conn) pump() {
 	}
 	c.finish()
 	c.returnRing()
+	if !c.closed {
+		c.releaseIn() // resuming may have handed over the last buffered frame
+	}
 }
 
 // onEOF: the peer sent its last byte. A partial frame is a truncated one;
@@ -489,6 +539,9 @@ func (c *conn) flush() {
 			return
 		}
 		c.l.writes.Add(1)
+		if n > 0 {
+			c.lastWrite.Store(time.Now().UnixNano())
+		}
 		c.touch()
 		full := n < want // the socket took less than offered: it is full
 		done, doneBytes := 0, 0
@@ -597,7 +650,7 @@ func (c *conn) dropBuffers(err error) {
 	c.out, c.iov = nil, nil
 	c.r, c.w = 0, 0
 	if c.inSmall {
-		putBuf(c.in)
+		putSmall(c.in)
 		c.in, c.inSmall = nil, false
 	}
 	c.releaseIn()

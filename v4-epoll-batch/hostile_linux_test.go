@@ -490,3 +490,121 @@ func TestRequestBytesBounded(t *testing.T) {
 	// twice the bytes counted, and the frame arriving.
 	require.Less(t, growth, int64(2*DefaultMaxBytesInFlight+1<<20), "requests in flight past the byte limit")
 }
+
+// Found by a review of this round's changes; each failed first.
+
+// A partial frame that starts while a request is in flight is bounded by
+// the idle timeout once that request is answered, and Shutdown finishes.
+func TestPartialFrameAfterInFlightTimesOut(t *testing.T) {
+	s := NewServer(WithIdleTimeout(200 * time.Millisecond))
+	require.NoError(t, s.RegisterName("slow", slow{}))
+	serveForTest(t, s)
+	nc := serverPair(t, s)
+	part := request(2, "slow.Sleep", []byte("1ms"))[:7]
+	_, err := nc.Write(append(request(1, "slow.Sleep", []byte("100ms")), part...))
+	require.NoError(t, err)
+	rr := &replyReader{nc: nc}
+	rr.mustNext(t)
+	require.Eventually(t, func() bool { return s.Stats().Conns == 0 }, 2*time.Second, 10*time.Millisecond, "a half frame kept the connection")
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	require.NoError(t, s.Shutdown(ctx))
+}
+
+// Shutdown reads the request arriving and no more, even from a client
+// that keeps pipelining with writes that end in the middle of a frame.
+func TestShutdownStopsReadingAPipeliningClient(t *testing.T) {
+	s, _ := newTestServer(t)
+	nc := serverPair(t, s)
+	var stream []byte
+	for seq := uint64(1); seq <= 20000; seq++ {
+		stream = append(stream, request(seq, "echo.Echo", make([]byte, 64))...)
+	}
+	flen := len(request(1, "echo.Echo", make([]byte, 64)))
+	go io.Copy(io.Discard, nc)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for off, next := 0, flen/2; next < len(stream); off, next = next, next+flen { // every write ends mid-frame
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := nc.Write(stream[off:next]); err != nil {
+				return
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	require.NoError(t, s.Shutdown(ctx), "Shutdown kept reading a pipelining client")
+}
+
+// Calls one after another never find the one worker busy: the reply goes
+// out before ants takes the worker back, and the next request must not
+// be refused for that.
+func TestSequentialCallsAreNotOverloaded(t *testing.T) {
+	s := NewServer(WithWorkers(1))
+	require.NoError(t, s.RegisterName("echo", echo{}))
+	addr := serveForTest(t, s)
+	c, err := Dial("tcp", addr, WithCodec(codec.Raw))
+	require.NoError(t, err)
+	defer c.Close()
+	for i := range 3000 {
+		require.NoError(t, c.Call(context.Background(), "echo.Echo", []byte("x"), new([]byte)), "call %d", i)
+	}
+	require.Zero(t, s.Stats().Overloaded)
+}
+
+// The small buffer a partial frame waits in is small even when the
+// frame-buffer pool holds large buffers (a server with large replies).
+func TestPartialFrameWithLargeBuffersPooled(t *testing.T) {
+	skipOnPortable(t)
+	s, _ := newTestServer(t)
+	frame := request(1, "echo.Echo", []byte("never finished"))
+	const peers = 200
+	before := heapInuse()
+	for range 2 * peers {
+		b := make([]byte, 0, 64<<10)
+		putBuf(&b)
+	}
+	for range peers {
+		nc := serverPair(t, s)
+		_, err := nc.Write(frame[:5])
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool { return s.Stats().Conns == peers }, 2*time.Second, time.Millisecond)
+	growth := heapGrowth(before)
+	t.Logf("%d peers with 5 bytes each: %d bytes per peer", peers, growth/peers)
+	require.Less(t, growth/peers, int64(4<<10))
+}
+
+// A connection whose buffered frames were handed over when back-pressure
+// ended (not by a read) gives its input buffer back once idle.
+func TestIdleAfterBackPressureHoldsNoBuffer(t *testing.T) {
+	skipOnPortable(t)
+	s := NewServer(WithMaxInFlight(1))
+	require.NoError(t, s.RegisterName("echo", echo{}))
+	serveForTest(t, s)
+	var burst []byte
+	for seq := uint64(1); seq <= 20; seq++ {
+		burst = append(burst, request(seq, "echo.Echo", make([]byte, 1024))...)
+	}
+	const peers = 100
+	before := heapInuse()
+	for range peers {
+		nc := serverPair(t, s)
+		_, err := nc.Write(burst)
+		require.NoError(t, err)
+		rr := &replyReader{nc: nc}
+		for range 20 {
+			rr.mustNext(t)
+		}
+	}
+	growth := heapGrowth(before)
+	t.Logf("%d idle peers, every reply read: %d bytes per peer", peers, growth/peers)
+	require.Less(t, growth/peers, int64(8<<10), "an idle connection kept its input buffer")
+}

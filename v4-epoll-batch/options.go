@@ -3,6 +3,7 @@ package epollbatch
 import (
 	"crypto/tls"
 	"log/slog"
+	"math"
 	"runtime"
 	"time"
 
@@ -70,6 +71,7 @@ const (
 	MaxInFlightCap  = 4096                  // WithMaxInFlight: a busy connection's ring holds a reply for each
 	MaxConnsCap     = 1024                  // WithConns
 	MinPingInterval = 10 * time.Millisecond // WithPingInterval: shorter positive intervals are taken as this
+	MaxWorkersCap   = math.MaxInt32         // WithWorkers: ants counts its workers in an int32
 )
 
 func newServerOptions(opts []ServerOption) serverOptions {
@@ -312,17 +314,20 @@ func WithReactors(n int) Option {
 	return reactors(n)
 }
 
-// WithWorkers bounds the goroutines that run a server's methods (default
-// DefaultWorkers): an ants/v2 pool of the server's own. They are started
-// on demand and leave after a second or two idle. A request that finds
-// every worker busy is answered at once with a ServerError ("server
-// overloaded"), never queued on the reactor; a one-way request then has
-// no one to tell, and is dropped (logged at Debug level). n <= 0 keeps
-// the default.
+// WithWorkers bounds the methods a server runs at once (default
+// DefaultWorkers, at most MaxWorkersCap), on an ants/v2 pool of n workers
+// of the server's own. Workers are started on demand and leave after a
+// second or two idle. (A request that comes while the pool's workers are
+// still on their way back from their last task runs on a goroutine of its
+// own, within the same bound.) A request that finds n methods running is
+// answered at once with a
+// ServerError ("server overloaded"), never queued on the reactor; a
+// one-way request then has no one to tell, and is dropped (logged at
+// Debug level). n <= 0 keeps the default.
 func WithWorkers(n int) ServerOption {
 	return serverFunc(func(o *serverOptions) {
 		if n > 0 {
-			o.workers = n
+			o.workers = min(n, MaxWorkersCap)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,4 +54,38 @@ func TestPingKeepsAndFindsDead(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a silent server was not found dead")
 	}
+}
+
+// A full ring at a heartbeat is not death: a server that stops reading
+// for less than an interval, with one-way traffic (which owes no reply),
+// keeps its connection.
+func TestFullRingIsNotDeath(t *testing.T) {
+	skipOnPortable(t)
+	s, g := newTestServer(t, WithMaxInFlight(8))
+	addr := ""
+	s.mu.Lock()
+	for ln := range s.listeners {
+		addr = ln.Addr().String()
+	}
+	s.mu.Unlock()
+	c, err := Dial("tcp", addr, WithPingInterval(200*time.Millisecond))
+	require.NoError(t, err)
+	defer c.Close()
+	var stop atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for !stop.Load() {
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			c.Notify(ctx, "gate.Wait", make([]byte, 256))
+			cancel()
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // the server reads nothing: the gate holds its 8 workers
+	stop.Store(true)
+	g.open()
+	<-done
+	time.Sleep(600 * time.Millisecond) // three intervals, with a healthy, idle server
+	require.Equal(t, 1, c.Stats().Conns)
+	require.EqualValues(t, 1, c.Stats().Dials, "a healthy connection was declared dead")
 }

@@ -248,7 +248,10 @@ func (pc *pconn) afterReleaseLocked() {
 		default:
 		}
 	}
-	if pc.inflight == 0 && !pc.readerDone && !pc.reading && !pc.stopping {
+	// The idle timeout starts even while a request is half read: its rest
+	// must come within it, or a peer could keep the connection for ever
+	// with half a frame sent while another request was in flight.
+	if pc.inflight == 0 && !pc.readerDone && !pc.stopping {
 		pc.setReadDeadlineLocked()
 	}
 	closeNow := pc.inflight == 0 && pc.readerDone

@@ -42,7 +42,7 @@ type Server struct {
 
 	portable   engineStats // the portable engine's figures
 	overloaded atomic.Int64
-	busy       atomic.Int32 // workers running a method now
+	running    atomic.Int32 // methods handed to a worker and not yet returned: at most WithWorkers
 }
 
 // engineStats are the figures an engine keeps for ServerStats.
@@ -280,7 +280,7 @@ func (s *Server) Stats() ServerStats {
 	if w != nil {
 		st.Workers = w.Running()
 	}
-	st.WorkersBusy = int(s.busy.Load())
+	st.WorkersBusy = int(s.running.Load())
 	st.Overloaded = s.overloaded.Load()
 	return st
 }
@@ -331,23 +331,48 @@ func (silentAnts) Printf(string, ...any) {}
 // back and returns the text of the error reply to send in its place:
 // every worker is busy (ants.ErrPoolOverload), or the pool is closed.
 func (s *Server) submit(t *task) (refusal string, ok bool) {
+	// At most WithWorkers methods run at once. The count is the server's
+	// own, not the pool's: a worker that has sent its reply is not back
+	// in the pool until its task returns, a moment later, and the reply's
+	// caller may be quicker with its next request. The pool is then full
+	// of workers on their way back; the request runs on a goroutine of
+	// its own, still within the count.
+	limit := int32(s.opts.workers)
+	for {
+		n := s.running.Load()
+		if n >= limit {
+			return s.refuse(t, ants.ErrPoolOverload)
+		}
+		if s.running.CompareAndSwap(n, n+1) {
+			break
+		}
+	}
 	err := s.workers.Invoke(t)
-	if err == nil {
+	if errors.Is(err, ants.ErrPoolOverload) {
+		go s.run(t)
 		return "", true
 	}
+	if err != nil {
+		s.running.Add(-1)
+		return s.refuse(t, err)
+	}
+	return "", true
+}
+
+// refuse gives t back and says why it cannot run.
+func (s *Server) refuse(t *task, err error) (string, bool) {
 	putBuf(t.bp)
 	*t = task{}
 	taskPool.Put(t)
 	s.overloaded.Add(1)
 	if errors.Is(err, ants.ErrPoolOverload) {
-		return fmt.Sprintf("epollbatch: server overloaded (%d workers busy)", s.workers.Cap()), false
+		return fmt.Sprintf("epollbatch: server overloaded (%d workers busy)", s.opts.workers), false
 	}
 	return "epollbatch: server closing", false
 }
 
 // run runs one request on a worker and hands its reply over.
 func (s *Server) run(t *task) {
-	s.busy.Add(1)
 	r, size, h := t.r, t.size, t.f.Header
 	out := getBuf()
 	if ctx, err := incoming(s.ctx, &t.f); err != nil {
@@ -360,7 +385,7 @@ func (s *Server) run(t *task) {
 	putBuf(t.bp)
 	*t = task{}
 	taskPool.Put(t)
-	s.busy.Add(-1)
+	s.running.Add(-1) // before the reply leaves: its caller's next request may come at once
 	r.reply(out, size, &h)
 }
 
