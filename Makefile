@@ -90,14 +90,17 @@ cover: ## test coverage per function; HTML in results/cover.html
 	@echo "open $(RESULTS)/cover.html"
 
 # FROM and TO are version folders or their prefixes: v1, v2-connpool, ...
+# internal/stepdiff prints the step: the non-test .go files at the top of
+# each folder, paired by role (v3's conn.go with v4's portable_client.go),
+# the package's name normalised on both sides so that the rename is not a
+# difference, in the chapter's reading order. FULL=1: every file (tests,
+# READMEs, examples, sub-packages).
 .PHONY: diff
-diff: ## the step between two versions: make diff FROM=v1 TO=v2
+diff: ## the step between two versions: make diff FROM=v1 TO=v2 (FULL=1: every file)
 	@from=$$(ls -d $(FROM)*/ 2>/dev/null | head -n 1); to=$$(ls -d $(TO)*/ 2>/dev/null | head -n 1); \
 	if [ -z "$(FROM)" ] || [ -z "$(TO)" ] || [ -z "$$from" ] || [ -z "$$to" ]; then \
 	  echo "usage: make diff FROM=v1 TO=v2 (version folders: $$(ls -d v[0-9]*/ 2>/dev/null | tr '\n' ' '))"; exit 2; fi; \
-	git --no-pager diff --no-index --stat $$from $$to; \
-	git --no-pager diff --no-index $$from $$to; \
-	status=$$?; [ $$status -le 1 ] || exit $$status
+	$(GO) run ./internal/stepdiff -from $$from -to $$to $(if $(filter-out 0,$(FULL)),-full)
 
 # loadgen: each implementation's server in a child process, so that the
 # latencies are not shared with the client's scheduler and GC. The grid is
