@@ -1,5 +1,14 @@
 package epollbatch
 
+// A reactor's connection. A request crosses three goroutines:
+//
+//	reactor: onReadable → parse → serverSide.frame → Server.submit (a copy of the request)
+//	worker:  Server.run → Registry.HandleWith → conn.reply → ring.Put → loop.schedule
+//	reactor: onScheduled → pump → flush → writev
+//
+// A client's connection is the same with the roles turned: callers put
+// requests in the ring, the reactor writes them and decodes the replies.
+
 import (
 	"context"
 	"errors"
@@ -52,6 +61,21 @@ type side interface {
 // goroutines (workers with replies, callers with requests) put frames in
 // the ring and schedule the connection; the loop drains the ring into
 // writev. No goroutine waits on an idle connection.
+//
+// Its states, and the epoll interest in each (EPOLLOUT is added in any
+// state while a writev is partial, and removed once it is done):
+//
+//	attach ──▶ reading (IN|RDHUP) ── hold, at a limit ──▶ paused (none)
+//	              │   ▲                                      │
+//	              │   └──── resume, below 7/8 of them ───────┘
+//	              │
+//	              ├── Shutdown ──▶ draining (IN|RDHUP): the frame arriving, then eof
+//	              ▼ end of stream, or RDHUP
+//	           eof (none): the replies owed are written, then closed
+//
+// closed: out of epoll and the table, the socket closed. From eof once
+// nothing is owed; from paused or eof on HUP or ERR (the peer is gone);
+// from any state on an error, a bad frame, the idle timeout or Close.
 type conn struct {
 	l        *loop
 	fd       int
@@ -244,6 +268,26 @@ func (c *conn) onScheduled() {
 		}
 	}
 	c.pump()
+}
+
+// onEvent handles what epoll reported for c. The unexpected comes first:
+// a hang-up or an error while c no longer reads means the peer is gone
+// and no reply can reach it; epoll reports HUP and ERR whatever the
+// interest set, so leaving c open would have the loop told again and
+// again, and spin. Otherwise HUP and ERR are read like data: the read
+// returns the end of stream or the error, after whatever is still
+// buffered.
+func (c *conn) onEvent(ev *poller.Event) {
+	if (ev.Hup || ev.Err) && (c.paused || c.eof) {
+		c.close(errPeerGone)
+		return
+	}
+	if ev.Readable || ev.RDHup || ev.Hup || ev.Err {
+		c.onReadable()
+	}
+	if ev.Writable && !c.closed {
+		c.pump()
+	}
 }
 
 // onReadable reads what has arrived, without blocking, and hands every

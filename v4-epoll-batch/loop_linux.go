@@ -184,20 +184,7 @@ func (l *loop) run() {
 			if !ok {
 				continue // a stale event: the fd was closed, maybe reused
 			}
-			if (ev.Hup || ev.Err) && (c.paused || c.eof) {
-				// The peer is gone (hung up or reset) while we no longer
-				// read: no reply can reach it. epoll reports HUP and ERR
-				// whatever the interest set, so without this the loop
-				// would be told again and again, and spin.
-				c.close(errPeerGone)
-				continue
-			}
-			if ev.Readable || ev.RDHup || ev.Hup || ev.Err {
-				c.onReadable()
-			}
-			if ev.Writable && !c.closed {
-				c.pump()
-			}
+			c.onEvent(ev)
 		}
 		if work {
 			l.mu.Lock()
