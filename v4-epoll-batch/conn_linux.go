@@ -99,7 +99,8 @@ type conn struct {
 	// Owned by the loop's goroutine.
 	in        *[]byte // input: frames from r to w; nil while idle
 	r, w      int
-	inSmall   bool // in is a small buffer holding only a partial frame (see releaseIn)
+	inSmall   bool           // in is a small buffer holding only a partial frame (see releaseIn)
+	frame     protocol.Frame // the frame parse decodes into; valid during side.frame
 	interest  poller.Events
 	out       []*[]byte // drained from the ring, not yet fully written
 	outOff    int       // bytes of out[0] already written
@@ -420,9 +421,9 @@ func (c *conn) putIn() {
 // for no more requests.
 func (c *conn) parse() int {
 	frames := 0
+	f := &c.frame // reused: a Frame handed through the side interface would escape, one allocation a frame
 	for c.r < c.w && !c.closed && !c.paused && !c.eof {
-		var f protocol.Frame
-		k, err := protocol.Parse((*c.in)[c.r:c.w], c.maxFrame, &f)
+		k, err := protocol.Parse((*c.in)[c.r:c.w], c.maxFrame, f)
 		if err != nil {
 			c.close(err)
 			return frames
@@ -438,7 +439,8 @@ func (c *conn) parse() int {
 		c.r += k
 		c.drainLeft -= k
 		frames++
-		c.side.frame(c, raw, &f)
+		c.side.frame(c, raw, f)
+		*f = protocol.Frame{} // its sections alias the input buffer, which must not stay reachable from here
 		if c.draining && (c.r == c.w || c.drainLeft <= 0) {
 			c.stopReading()
 		}

@@ -373,20 +373,19 @@ func (s *Server) refuse(t *task, err error) (string, bool) {
 
 // run runs one request on a worker and hands its reply over.
 func (s *Server) run(t *task) {
-	r, size, h := t.r, t.size, t.f.Header
 	out := getBuf()
 	if ctx, err := incoming(s.ctx, &t.f); err != nil {
 		if t.f.Type == protocol.TypeRequest {
-			*out = service.AppendError((*out)[:0], &h, fmt.Sprintf("epollbatch: metadata of %s: %v", t.f.Method, err))
+			*out = service.AppendError((*out)[:0], &t.f.Header, fmt.Sprintf("epollbatch: metadata of %s: %v", t.f.Method, err))
 		}
 	} else {
 		*out = s.reg.HandleWith(ctx, &t.f, (*out)[:0], service.Interceptor(s.opts.intercept))
 	}
 	putBuf(t.bp)
+	s.running.Add(-1)                   // before the reply leaves: its caller's next request may come at once
+	t.r.reply(out, t.size, &t.f.Header) // the task's header: a copy would escape through the interface
 	*t = task{}
 	taskPool.Put(t)
-	s.running.Add(-1) // before the reply leaves: its caller's next request may come at once
-	r.reply(out, size, &h)
 }
 
 // admitReply applies WithMaxBytesInFlight to a reply of n bytes, on a
