@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -69,6 +70,19 @@ func serveChild(im benchcmp.Impl, in io.Reader, out io.Writer) error {
 		return err
 	}
 	defer stop()
+	// LOADGEN_SERVER_CPUPROFILE: the server's CPU profile, for pprof (the
+	// last server started writes it: use it with one -impl and one -callers).
+	if path := os.Getenv("LOADGEN_SERVER_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if _, err := fmt.Fprintln(out, ln.Addr()); err != nil {
 		return err
 	}
