@@ -329,7 +329,7 @@ func (silentAnts) Printf(string, ...any) {}
 
 // submit hands a request to a worker. It owns t; on failure it gives t
 // back and returns the text of the error reply to send in its place:
-// every worker is busy (ants.ErrPoolOverload), or the pool is closed.
+// WithWorkers methods are running already, or the pool is closed.
 func (s *Server) submit(t *task) (refusal string, ok bool) {
 	// At most WithWorkers methods run at once. The count is the server's
 	// own, not the pool's: a worker that has sent its reply is not back
