@@ -111,10 +111,10 @@ func bench(b *testing.B, im Impl, method string, callers, size int) {
 	}
 }
 
-// Every implementation passes the workload's own check: right replies,
-// for every size and caller count.
+// Every implementation, and the extras loadgen can run, passes the
+// workload's own check: right replies, for every size and caller count.
 func TestEchoAllImpls(t *testing.T) {
-	for _, im := range Impls() {
+	for _, im := range append(Impls(), Extras()...) {
 		t.Run(im.Name, func(t *testing.T) {
 			c := start(t, im)
 			for _, size := range sizes {

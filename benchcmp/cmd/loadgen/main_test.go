@@ -46,8 +46,14 @@ func TestParseFlags(t *testing.T) {
 	require.Equal(t, 2*time.Second, cfg.duration)
 	require.Equal(t, "Echo.Sleep", cfg.method)
 
+	cfg, err = parseFlags(strings.Fields("-impl v4,v4-portable,v4-tls"), &out) // a list, extras included
+	require.NoError(t, err)
+	require.Len(t, cfg.impls, 3)
+	require.Equal(t, "v4-tls", cfg.impls[2].Name)
+
 	for args, want := range map[string]string{
 		"-impl v9":             `-impl "v9": want one of netrpc, v1`,
+		"-impl v4,v9":          `-impl "v9"`,
 		"-callers 0":           "-callers",
 		"-callers 8,x":         "want whole numbers",
 		"-callers -3":          "from 1 to",
