@@ -43,6 +43,8 @@ type Server struct {
 	portable   engineStats // the portable engine's figures
 	overloaded atomic.Int64
 	running    atomic.Int32 // methods handed to a worker and not yet returned: at most WithWorkers
+
+	onShutdown []func() // RegisterOnShutdown; guarded by mu
 }
 
 // engineStats are the figures an engine keeps for ServerStats.
@@ -186,15 +188,37 @@ func (s *Server) closing() bool {
 	}
 }
 
-// beginShutdown stops accepting: it closes the listeners, which ends
-// every Serve. It returns the portable connections.
-func (s *Server) beginShutdown() []*pconn {
+// RegisterOnShutdown registers f to be called when the first Shutdown or
+// Close begins, before the listeners close, on the caller's goroutine, in
+// the order registered. A service registry uses it to withdraw the
+// server's address while its connections drain; f should bound its own
+// time (Shutdown's ctx does not reach it). Registered after shutdown
+// began, f is never called.
+func (s *Server) RegisterOnShutdown(f func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.shutdown {
+		s.onShutdown = append(s.onShutdown, f)
+	}
+}
+
+// beginShutdown stops accepting: it runs the RegisterOnShutdown functions
+// the first time, then closes the listeners, which ends every Serve. It
+// returns the portable connections.
+func (s *Server) beginShutdown() []*pconn {
+	s.mu.Lock()
+	var hooks []func()
+	if !s.shutdown {
 		s.shutdown = true
 		close(s.done)
+		hooks, s.onShutdown = s.onShutdown, nil
 	}
+	s.mu.Unlock()
+	for _, f := range hooks {
+		f()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for ln := range s.listeners {
 		ln.Close()
 	}
