@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -90,8 +91,25 @@ func TestAcceptPausesOnEMFILE(t *testing.T) {
 	conns := s.Stats().Conns
 	restore()
 
-	t.Logf("CPU while out of descriptors: %.0f%% of a core; log:\n%s", 100*share, logs.String())
+	failed := logs.String()
+	t.Logf("CPU while out of descriptors: %.0f%% of a core; log:\n%s", 100*share, failed)
 	require.Less(t, share, 0.5, "the acceptor spins while out of descriptors")
+	// Each failed accept is logged with the pause that follows it: a few
+	// of them, each pause twice the one before (capped at a second), or
+	// 5 ms again after an accept that succeeded. A spinning acceptor would
+	// log thousands.
+	pauses := regexp.MustCompile(`msg="epollbatch: accept failed; pausing".* pause=(\S+)`).FindAllStringSubmatch(failed, -1)
+	require.GreaterOrEqual(t, len(pauses), 3, "failed accepts while out of descriptors for 300 ms")
+	require.LessOrEqual(t, len(pauses), 20, "failed accepts while out of descriptors for 300 ms")
+	prev := time.Duration(0)
+	for i, m := range pauses {
+		d, err := time.ParseDuration(m[1])
+		require.NoError(t, err)
+		if d != 5*time.Millisecond {
+			require.Equal(t, min(2*prev, time.Second), d, "pause %d after %v", i, prev)
+		}
+		prev = d
+	}
 	// One descriptor was free (more if another one was closed meanwhile):
 	// the others wait.
 	require.Less(t, conns, len(socks), "connections accepted while out of descriptors")

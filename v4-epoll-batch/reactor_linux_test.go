@@ -252,6 +252,13 @@ func TestReactorManyFramesInOneWrite(t *testing.T) {
 			require.NoError(t, <-wrote)
 			_, err := rr.next(20 * time.Millisecond)
 			require.ErrorIs(t, err, os.ErrDeadlineExceeded, "a reply more than requested")
+
+			// The connection is still registered: a request written later,
+			// once everything before it is answered, is answered too.
+			_, err = nc.Write(request(n+1, "echo.Echo", []byte("later")))
+			require.NoError(t, err)
+			require.Equal(t, reply{seq: n + 1, body: "later"}, rr.mustNext(t))
+			require.Equal(t, 1, s.Stats().Conns)
 		})
 	}
 }
@@ -291,6 +298,13 @@ func TestReactorPeerCloseWithReplyPendingDoesNotSpin(t *testing.T) {
 
 	share := cpuShare(t, 300*time.Millisecond)
 	t.Logf("CPU while the method runs: %.0f%% of a core", 100*share)
+	if !portableDefault {
+		// The reactor closes the connection on the hang-up, while the
+		// method still runs: that is what stops epoll reporting it. (The
+		// portable engine's reader, which epoll does not drive, waits for
+		// the reply.)
+		require.Equal(t, 0, s.Stats().Conns, "the reactor kept a connection whose peer hung up")
+	}
 	g.open()
 	require.Eventually(t, func() bool { return s.Stats().Conns == 0 }, 2*time.Second, time.Millisecond)
 	require.Less(t, share, 0.5, "the reactor spins on a closed peer while a method runs")
@@ -320,6 +334,12 @@ func TestReactorPeerResetWhilePausedDoesNotSpin(t *testing.T) {
 
 	share := cpuShare(t, 300*time.Millisecond)
 	t.Logf("CPU while the method runs: %.0f%% of a core", 100*share)
+	if !portableDefault {
+		// Closed on the reset, while the method still runs. (The portable
+		// engine's reader, paused in admit, does not read the reset until
+		// the reply.)
+		require.Equal(t, 0, s.Stats().Conns, "the reactor kept a connection its peer reset")
+	}
 	g.open()
 	require.Eventually(t, func() bool { return s.Stats().Conns == 0 }, 2*time.Second, time.Millisecond)
 	require.Less(t, share, 0.5, "the reactor spins on a reset peer while a method runs")
@@ -485,37 +505,65 @@ func TestReactorBackPressureBoundsInFlight(t *testing.T) {
 	require.Eventually(t, func() bool { return s.Stats().InFlight == 0 }, 2*time.Second, time.Millisecond)
 }
 
-// Reading resumes below 7/8 of the limit, not at the limit (no flapping
-// at the edge) and not at half of it (too few calls left in flight, which
-// cost a 1 ms method 31% of its calls/s). Limit 8: with 7 in flight the
-// connection stays paused; with 6 it reads again, and two more calls run.
+// Reading resumes below 7/8 of the limits, not at the limit (no flapping
+// at the edge) and not at half of them (too few calls left in flight, which
+// cost a 1 ms method 31% of its calls/s). Requests are counted strictly
+// below 7/8, bytes at or below it. Each case fills the connection to its
+// limit with calls held in the gate, lets calls finish one at a time down
+// to the last count that must stay paused (no new call may start), then
+// one more: reading resumes, and new calls start until the limit again.
 func TestReactorBackPressureResumesAtSevenEighths(t *testing.T) {
 	skipOnPortable(t)
-	const limit, n = 8, 20
-	s, g := newTestServer(t, WithMaxInFlight(limit))
-	nc := serverPair(t, s)
-	var all []byte
-	for seq := uint64(1); seq <= n; seq++ {
-		all = append(all, request(seq, "gate.Wait", fmt.Appendf(nil, "g%d", seq))...)
-	}
-	_, err := nc.Write(all)
-	require.NoError(t, err)
-	g.waitEntered(t, limit)
+	body := make([]byte, 1000)
+	size := len(request(1, "gate.Wait", body)) // every request of this test has this size
+	for _, tc := range []struct {
+		name                  string
+		opts                  []ServerOption
+		full, paused, resumed int // calls in flight: at the limit, the fewest still paused, the first resumed
+	}{
+		// 7/8 of 8 is 7: paused at 7, reading at 6.
+		{"8 requests", []ServerOption{WithMaxInFlight(8)}, 8, 7, 6},
+		// 7/8 of 64 is 56: paused at 56, reading at 55 (half would be 32).
+		{"64 requests", []ServerOption{WithMaxInFlight(64)}, 64, 56, 55},
+		// 16 requests' bytes: 7/8 is 14 requests' bytes, and at most that
+		// reads again: paused at 15, reading at 14.
+		{"bytes of 16 requests", []ServerOption{WithMaxBytesInFlight(16 * size)}, 16, 15, 14},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := tc.full + (tc.full - tc.resumed) + 10
+			s, g := newTestServer(t, tc.opts...)
+			nc := serverPair(t, s)
+			var all []byte
+			for seq := uint64(1); seq <= uint64(n); seq++ {
+				all = append(all, request(seq, "gate.Wait", body)...)
+			}
+			wrote := make(chan error, 1)
+			go func() { _, err := nc.Write(all); wrote <- err }()
+			g.waitEntered(t, tc.full)
+			time.Sleep(20 * time.Millisecond)
+			require.Empty(t, g.entered, "more calls than the limit started")
 
-	g.release <- struct{}{} // 7 in flight once its reply is written
-	require.Eventually(t, func() bool { return s.Stats().InFlight == limit-1 }, 2*time.Second, time.Millisecond)
-	time.Sleep(50 * time.Millisecond)
-	require.Empty(t, g.entered, "reading resumed at 7 of 8 in flight")
+			for range tc.full - tc.paused { // each: one call ends, its reply is written
+				g.release <- struct{}{}
+			}
+			require.Eventually(t, func() bool { return s.Stats().InFlight == tc.paused }, 2*time.Second, time.Millisecond)
+			time.Sleep(50 * time.Millisecond)
+			require.Empty(t, g.entered, "reading resumed at %d of %d in flight", tc.paused, tc.full)
 
-	g.release <- struct{}{} // 6 in flight: below 7/8
-	g.waitEntered(t, 2)
-	require.Equal(t, limit, s.Stats().WorkersBusy)
+			g.release <- struct{}{} // one fewer: reading resumes
+			g.waitEntered(t, tc.full-tc.resumed)
+			require.Eventually(t, func() bool { return s.Stats().WorkersBusy == tc.full }, 2*time.Second, time.Millisecond)
+			time.Sleep(20 * time.Millisecond)
+			require.Empty(t, g.entered, "more calls than the limit started after resuming")
 
-	g.open()
-	rr := &replyReader{nc: nc}
-	for range n {
-		r := rr.mustNext(t)
-		require.Equal(t, fmt.Sprintf("g%d", r.seq), r.body)
+			g.open()
+			rr := &replyReader{nc: nc}
+			for range n {
+				r := rr.mustNext(t)
+				require.Empty(t, r.err)
+			}
+			require.NoError(t, <-wrote)
+		})
 	}
 }
 
