@@ -49,10 +49,16 @@ type side interface {
 	// frame handles one complete frame; raw and f alias the input buffer
 	// and are valid only during the call.
 	frame(c *conn, raw []byte, f *protocol.Frame)
+	// parsed: the frames read so far are all handed to frame.
+	parsed(c *conn)
 	// written: flush wrote n frames of the connection, bytes in all.
 	written(c *conn, n, bytes int64)
 	closed(c *conn, err error)
 }
+
+// parsed: a client has nothing to gather (the server's side batches
+// requests for its workers).
+func (cc *clientConn) parsed(*conn) {}
 
 // conn is one connection of a loop.
 //
@@ -426,7 +432,7 @@ func (c *conn) parse() int {
 		k, err := protocol.Parse((*c.in)[c.r:c.w], c.maxFrame, f)
 		if err != nil {
 			c.close(err)
-			return frames
+			break
 		}
 		if k == 0 {
 			break
@@ -445,6 +451,7 @@ func (c *conn) parse() int {
 			c.stopReading()
 		}
 	}
+	c.side.parsed(c)
 	return frames
 }
 

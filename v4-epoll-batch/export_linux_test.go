@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"testing"
+	"time"
 )
 
 // The reactor's test hooks (see export_test.go).
@@ -47,4 +48,22 @@ func ringsLent(s *Server) int {
 		n += int(l.ringsLent.Load())
 	}
 	return n
+}
+
+// setCost makes the server take method as one that runs for d (batch.go),
+// as if it had run already.
+func setCost(s *Server, method string, d time.Duration) {
+	s.costs.note(s.reg, []byte(method), d) // adds it
+	m := *s.costs.m.Load()
+	if c := m[method]; c != nil {
+		c.Store(int64(d))
+	}
+}
+
+// costsKept counts the methods whose times s keeps.
+func costsKept(s *Server) int {
+	if m := s.costs.m.Load(); m != nil {
+		return len(*m)
+	}
+	return 0
 }

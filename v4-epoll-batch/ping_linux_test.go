@@ -57,7 +57,8 @@ func TestPingKeepsAndFindsDead(t *testing.T) {
 }
 
 // A full ring at a heartbeat is not death: a server that stops reading
-// for less than an interval, with one-way traffic (which owes no reply),
+// longer than an interval (a beat finds the ring full) but less than three,
+// with one-way traffic (which owes no reply),
 // keeps its connection.
 func TestFullRingIsNotDeath(t *testing.T) {
 	skipOnPortable(t)
@@ -68,7 +69,11 @@ func TestFullRingIsNotDeath(t *testing.T) {
 		addr = ln.Addr().String()
 	}
 	s.mu.Unlock()
-	c, err := Dial("tcp", addr, WithPingInterval(200*time.Millisecond))
+	// The server stops reading for 1.5 intervals: a beat finds the ring
+	// full. 400 ms, not less: on a loaded machine (the race detector, two
+	// cores) the server may take a while to work through the one-way
+	// requests queued before it answers the next ping.
+	c, err := Dial("tcp", addr, WithPingInterval(400*time.Millisecond))
 	require.NoError(t, err)
 	defer c.Close()
 	var stop atomic.Bool
@@ -81,11 +86,11 @@ func TestFullRingIsNotDeath(t *testing.T) {
 			cancel()
 		}
 	}()
-	time.Sleep(300 * time.Millisecond) // the server reads nothing: the gate holds its 8 workers
+	time.Sleep(600 * time.Millisecond) // the server reads nothing: the gate holds its 8 workers
 	stop.Store(true)
 	g.open()
 	<-done
-	time.Sleep(600 * time.Millisecond) // three intervals, with a healthy, idle server
+	time.Sleep(1200 * time.Millisecond) // three intervals, with a healthy, idle server
 	require.Equal(t, 1, c.Stats().Conns)
 	require.EqualValues(t, 1, c.Stats().Dials, "a healthy connection was declared dead")
 }

@@ -88,9 +88,7 @@ func (pc *pconn) readLoop() {
 		buf, err := protocol.ReadFrame(br, pc.s.opts.maxFrameSize, &t.f, (*t.bp)[:0])
 		*t.bp = buf
 		if err != nil {
-			putBuf(t.bp)
-			*t = task{}
-			taskPool.Put(t)
+			release(t)
 			pc.readerStop(err)
 			return
 		}
@@ -98,9 +96,7 @@ func (pc *pconn) readLoop() {
 		pc.mu.Lock()
 		if pc.closed { // the writer failed meanwhile: nothing is counted any more
 			pc.mu.Unlock()
-			putBuf(t.bp)
-			*t = task{}
-			taskPool.Put(t)
+			release(t)
 			return
 		}
 		pc.reading = false
@@ -111,31 +107,28 @@ func (pc *pconn) readLoop() {
 
 		switch t.f.Type {
 		case protocol.TypeRequest, protocol.TypeOneway:
-			h, typ, method, size := t.f.Header, t.f.Type, string(t.f.Method), t.size
-			msg, ok := pc.s.submit(t) // t is not ours after this
+			msg, ok := pc.s.submit(t, 1) // t is not ours after this, unless refused
 			if ok {
 				continue
 			}
+			h, size := t.f.Header, t.size
 			out := getBuf()
-			if typ == protocol.TypeOneway { // no one to tell: dropped, and logged
-				pc.s.opts.logger.Debug("epollbatch: one-way request dropped", "method", method, "reason", msg)
+			if t.f.Type == protocol.TypeOneway { // no one to tell: dropped, and logged
+				pc.s.opts.logger.Debug("epollbatch: one-way request dropped", "method", string(t.f.Method), "reason", msg)
 			} else {
 				*out = service.AppendError((*out)[:0], &h, msg)
 			}
+			release(t)
 			pc.reply(out, size, &h)
 		case protocol.TypePing:
 			out := getBuf()
 			*out, _ = protocol.AppendFrame((*out)[:0], &protocol.Header{Type: protocol.TypePong, Seq: t.f.Seq}, "", "", nil)
 			size := t.size
-			putBuf(t.bp)
-			*t = task{}
-			taskPool.Put(t)
+			release(t)
 			pc.reply(out, size, nil) // a pong is never refused: it is as small as its ping
 		default:
 			pc.s.opts.logger.Debug("epollbatch: unexpected frame from a client", "type", t.f.Type)
-			putBuf(t.bp)
-			*t = task{}
-			taskPool.Put(t)
+			release(t)
 			pc.close()
 			return
 		}

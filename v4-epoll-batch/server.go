@@ -42,7 +42,11 @@ type Server struct {
 
 	portable   engineStats // the portable engine's figures
 	overloaded atomic.Int64
-	running    atomic.Int32 // methods handed to a worker and not yet returned: at most WithWorkers
+	// requests handed to workers, the hand-offs that carried them, and
+	// the batches that spilled (ServerStats)
+	requests, handoffs, spills atomic.Int64
+	running                    atomic.Int32 // workers running a batch of methods: at most WithWorkers
+	costs                      costTable    // what each method takes, which decides the batches (batch.go)
 
 	onShutdown []func() // RegisterOnShutdown; guarded by mu
 }
@@ -306,6 +310,7 @@ func (s *Server) Stats() ServerStats {
 	}
 	st.WorkersBusy = int(s.running.Load())
 	st.Overloaded = s.overloaded.Load()
+	st.Requests, st.Handoffs, st.Spills = s.requests.Load(), s.handoffs.Load(), s.spills.Load()
 	return st
 }
 
@@ -324,6 +329,7 @@ type task struct {
 	bp   *[]byte
 	f    protocol.Frame // its sections alias *bp
 	size int            // the request's size, counted in flight
+	next *task          // the next request of the same batch, if any
 }
 
 var taskPool = sync.Pool{New: func() any { return new(task) }}
@@ -351,52 +357,93 @@ type silentAnts struct{}
 
 func (silentAnts) Printf(string, ...any) {}
 
-// submit hands a request to a worker. It owns t; on failure it gives t
-// back and returns the text of the error reply to send in its place:
-// WithWorkers methods are running already, or the pool is closed.
-func (s *Server) submit(t *task) (refusal string, ok bool) {
-	// At most WithWorkers methods run at once. The count is the server's
-	// own, not the pool's: a worker that has sent its reply is not back
-	// in the pool until its task returns, a moment later, and the reply's
-	// caller may be quicker with its next request. The pool is then full
-	// of workers on their way back; the request runs on a goroutine of
-	// its own, still within the count.
+// acquire takes one of the WithWorkers slots: false when every one is
+// taken. The count is the server's own, not the pool's: a worker that
+// has sent its reply is not back in the pool until its task returns, a
+// moment later, and the reply's caller may be quicker with its next
+// request (see invoke).
+func (s *Server) acquire() bool {
 	limit := int32(s.opts.workers)
 	for {
 		n := s.running.Load()
 		if n >= limit {
-			return s.refuse(t, ants.ErrPoolOverload)
+			return false
 		}
 		if s.running.CompareAndSwap(n, n+1) {
-			break
+			return true
 		}
 	}
+}
+
+// invoke hands t, and the tasks linked from it, to a worker, within a
+// slot taken by acquire; on an error (the pool is closed) the slot is
+// given back and the tasks are still the caller's. When the pool is full
+// of workers on their way back (see acquire), the tasks run on a
+// goroutine of their own, still within the count.
+func (s *Server) invoke(t *task) error {
 	err := s.workers.Invoke(t)
 	if errors.Is(err, ants.ErrPoolOverload) {
 		go s.run(t)
-		return "", true
+		return nil
 	}
 	if err != nil {
 		s.running.Add(-1)
-		return s.refuse(t, err)
 	}
+	return err
+}
+
+// submit hands t, and the n-1 tasks linked from it, to one worker. On failure
+// the tasks are still the caller's (it answers each and gives it back
+// with release) and submit returns the text of the error reply:
+// WithWorkers methods are running already, or the pool is closed.
+func (s *Server) submit(t *task, n int) (refusal string, ok bool) {
+	if !s.acquire() {
+		s.overloaded.Add(int64(n))
+		return fmt.Sprintf("epollbatch: server overloaded (%d workers busy)", s.opts.workers), false
+	}
+	if err := s.invoke(t); err != nil {
+		s.overloaded.Add(int64(n))
+		return "epollbatch: server closing", false
+	}
+	s.handoffs.Add(1)
+	s.requests.Add(int64(n))
 	return "", true
 }
 
-// refuse gives t back and says why it cannot run.
-func (s *Server) refuse(t *task, err error) (string, bool) {
+// release gives back a task that did not run.
+func release(t *task) {
 	putBuf(t.bp)
 	*t = task{}
 	taskPool.Put(t)
-	s.overloaded.Add(1)
-	if errors.Is(err, ants.ErrPoolOverload) {
-		return fmt.Sprintf("epollbatch: server overloaded (%d workers busy)", s.opts.workers), false
-	}
-	return "epollbatch: server closing", false
 }
 
-// run runs one request on a worker and hands its reply over.
+// run runs a batch on a worker: t and the tasks linked from it, one after
+// another (batch.go says which requests share a worker). A batch that has
+// taken longer than spillAfter hands the rest to another worker, if a
+// slot is free: the costs it was formed on were wrong.
 func (s *Server) run(t *task) {
+	start := time.Now()
+	now := start
+	for t != nil {
+		next := t.next
+		t.next = nil
+		if next != nil && now.Sub(start) > spillAfter && s.acquire() {
+			if s.invoke(next) == nil {
+				s.spills.Add(1)
+				s.handoffs.Add(1)
+				next = nil
+			}
+		}
+		now = s.runOne(t, now, next == nil)
+		t = next
+	}
+}
+
+// runOne runs one request and hands its reply over; began is when it
+// started, and runOne returns when it ended. The last of a batch gives
+// the worker's slot back before its reply leaves: its caller's next
+// request may come at once.
+func (s *Server) runOne(t *task, began time.Time, last bool) time.Time {
 	out := getBuf()
 	if ctx, err := incoming(s.ctx, &t.f); err != nil {
 		if t.f.Type == protocol.TypeRequest {
@@ -405,11 +452,16 @@ func (s *Server) run(t *task) {
 	} else {
 		*out = s.reg.HandleWith(ctx, &t.f, (*out)[:0], service.Interceptor(s.opts.intercept))
 	}
+	ended := time.Now()
+	s.costs.note(s.reg, t.f.Method, ended.Sub(began))
 	putBuf(t.bp)
-	s.running.Add(-1)                   // before the reply leaves: its caller's next request may come at once
+	if last {
+		s.running.Add(-1)
+	}
 	t.r.reply(out, t.size, &t.f.Header) // the task's header: a copy would escape through the interface
 	*t = task{}
 	taskPool.Put(t)
+	return ended
 }
 
 // admitReply applies WithMaxBytesInFlight to a reply of n bytes, on a

@@ -140,8 +140,12 @@ func (s *Server) reactorStats(st *ServerStats) {
 }
 
 // serverSide handles a server connection's frames: a request goes to a
-// worker with a copy of its bytes; a ping is answered on the spot.
-type serverSide struct{ s *Server }
+// worker with a copy of its bytes, alone or in a batch (batch.go); a ping
+// is answered on the spot.
+type serverSide struct {
+	s *Server
+	b batch // the requests of this read that share a worker, so far
+}
 
 func (ss *serverSide) attached(c *conn) {
 	if ss.s.closing() {
@@ -168,21 +172,15 @@ func (ss *serverSide) frame(c *conn, raw []byte, f *protocol.Frame) {
 		*t.bp = append((*t.bp)[:0], raw...) // the input buffer moves on; the worker gets a copy
 		t.f = *f
 		rebase(&t.f, *t.bp) // parsed once, here, against this server's frame limit
-		msg, ok := ss.s.submit(t)
-		if ok {
+		cost, ok := ss.s.costs.batchable(t.f.Method)
+		if !ok {
+			ss.submit(c, t, 1) // a worker of its own
 			return
 		}
-		// Every worker is busy, or the pool is closed: answer now, from
-		// the reactor, which never waits for a worker.
-		if f.Type == protocol.TypeOneway { // no one to tell: dropped, and logged
-			ss.s.opts.logger.Debug("epollbatch: one-way request dropped", "method", string(f.Method), "reason", msg)
-			c.settle(1, int64(len(raw)))
-			return
+		if ss.b.add(t, cost) {
+			b, n := ss.b.take()
+			ss.submit(c, b, n)
 		}
-		out := getBuf()
-		*out = service.AppendError((*out)[:0], &f.Header, msg)
-		c.inBytes.Add(int64(len(*out) - len(raw)))
-		c.sendLocal(out)
 	case protocol.TypePing:
 		out := getBuf()
 		*out, _ = protocol.AppendFrame((*out)[:0], &protocol.Header{Type: protocol.TypePong, Seq: f.Seq}, "", "", nil)
@@ -190,6 +188,38 @@ func (ss *serverSide) frame(c *conn, raw []byte, f *protocol.Frame) {
 		c.sendLocal(out)
 	default:
 		c.close(fmt.Errorf("epollbatch: unexpected %s frame from a client", f.Type))
+	}
+}
+
+// parsed: the frames of one read are handed over; so is the batch.
+func (ss *serverSide) parsed(c *conn) {
+	if ss.b.head != nil {
+		b, n := ss.b.take()
+		ss.submit(c, b, n)
+	}
+}
+
+// submit hands t and the tasks linked from it to one worker. When every
+// worker is busy, or the pool is closed, each is answered now, from the
+// reactor, which never waits for a worker.
+func (ss *serverSide) submit(c *conn, t *task, n int) {
+	msg, ok := ss.s.submit(t, n)
+	if ok {
+		return
+	}
+	for t != nil {
+		next := t.next
+		if t.f.Type == protocol.TypeOneway { // no one to tell: dropped, and logged
+			ss.s.opts.logger.Debug("epollbatch: one-way request dropped", "method", string(t.f.Method), "reason", msg)
+			c.settle(1, int64(t.size))
+		} else {
+			out := getBuf()
+			*out = service.AppendError((*out)[:0], &t.f.Header, msg)
+			c.inBytes.Add(int64(len(*out) - t.size))
+			c.sendLocal(out)
+		}
+		release(t)
+		t = next
 	}
 }
 

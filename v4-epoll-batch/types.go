@@ -48,9 +48,12 @@ type ServerStats struct {
 	InFlight    int   // requests (and pings) read whose reply is not yet written
 	Writes      int64 // write calls: the reactors' writev, the portable engine's writes
 	Frames      int64 // frames they wrote: Frames/Writes is the batching
-	WorkersBusy int   // workers running a method now
+	WorkersBusy int   // workers running a method (or a batch of them) now
 	Workers     int   // workers alive now
 	Overloaded  int64 // requests answered "overloaded"
+	Requests    int64 // requests handed to workers
+	Handoffs    int64 // hand-offs that carried them: Requests/Handoffs is the batching of quick methods
+	Spills      int64 // batches that ran long and handed their rest to another worker
 }
 
 // Stats are figures of a client.

@@ -140,7 +140,7 @@ func (r *Registry) call(ctx context.Context, req *protocol.Frame, icpt Intercept
 	case reflect.Map:
 		reply.Elem().Set(reflect.MakeMap(m.replyType.Elem()))
 	case reflect.Slice:
-		reply.Elem().Set(reflect.MakeSlice(m.replyType.Elem(), 0, 0))
+		reply.Elem().Set(m.emptySlice)
 	}
 
 	// The caller's deadline, for a method that takes a ctx or an
@@ -191,12 +191,12 @@ func (r *Registry) invoke(ctx context.Context, s *svc, m *method, name []byte, a
 			err = ServerError(fmt.Sprintf("rpc: method %s panicked: %v", name, p))
 		}
 	}()
-	var in []reflect.Value
+	var args [4]reflect.Value // on the stack: Call does not keep it
+	in := append(args[:0], s.rcvr)
 	if m.withCtx {
-		in = []reflect.Value{s.rcvr, reflect.ValueOf(ctx), argv, reply}
-	} else {
-		in = []reflect.Value{s.rcvr, argv, reply}
+		in = append(in, reflect.ValueOf(ctx))
 	}
+	in = append(in, argv, reply)
 	out := m.fn.Call(in)
 	if e := out[0].Interface(); e != nil {
 		return ServerError(e.(error).Error())

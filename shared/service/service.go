@@ -76,6 +76,9 @@ type method struct {
 	withCtx   bool          // it takes a context.Context first
 	argType   reflect.Type
 	replyType reflect.Type // a pointer type
+	// emptySlice is a reply of slice type's starting value, made once: an
+	// empty slice, not nil, as net/rpc's (unset for other types).
+	emptySlice reflect.Value
 }
 
 // svc is one registered receiver.
@@ -185,7 +188,11 @@ func suitableMethods(typ reflect.Type) map[string]*method {
 		if mt.NumOut() != 1 || mt.Out(0) != typeOfError {
 			continue
 		}
-		methods[m.Name] = &method{fn: m.Func, withCtx: first == 2, argType: argType, replyType: replyType}
+		mm := &method{fn: m.Func, withCtx: first == 2, argType: argType, replyType: replyType}
+		if replyType.Elem().Kind() == reflect.Slice {
+			mm.emptySlice = reflect.MakeSlice(replyType.Elem(), 0, 0)
+		}
+		methods[m.Name] = mm
 	}
 	return methods
 }
@@ -207,6 +214,13 @@ func (r *Registry) Methods() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// Has reports whether serviceMethod ("Service.Method") names a method the
+// registry serves. It allocates nothing.
+func (r *Registry) Has(serviceMethod []byte) bool {
+	_, _, err := r.lookup(serviceMethod)
+	return err == nil
 }
 
 // lookup finds the method a request names. Its errors are the reply texts.

@@ -370,3 +370,26 @@ func BenchmarkHandle(b *testing.B) {
 		buf = r.Handle(context.Background(), &req, buf[:0])
 	}
 }
+
+// fresh checks that its slice reply starts empty and not nil, as net/rpc's.
+type fresh struct{}
+
+func (fresh) List(n int, reply *[]int) error {
+	if *reply == nil || len(*reply) != 0 {
+		return fmt.Errorf("reply starts as %#v", *reply)
+	}
+	*reply = append(*reply, n)
+	return nil
+}
+
+// A slice reply starts empty and not nil, every call anew: the empty
+// slice a method starts from is shared, and what a call appends is not.
+func TestSliceReplyStartsEmpty(t *testing.T) {
+	r := NewRegistry(nil)
+	require.NoError(t, r.RegisterName("fresh", fresh{}))
+	for i := range 3 {
+		var got []int
+		require.NoError(t, roundTrip(t, r, context.Background(), codec.Gob, "fresh.List", i, &got))
+		require.Equal(t, []int{i}, got)
+	}
+}
