@@ -58,19 +58,46 @@ bench-smoke:
 	@echo "== benchmarks, once each"
 	$(GO) test -run '^$$' -bench . -benchtime=1x $(PKGS)
 
+# bench-all measures the grid as users get it: benchcmp/cross starts each
+# implementation's server in a process of its own (calls/s, p50/p99,
+# server and client CPU per call; raw, a length-prefixed echo with no RPC,
+# is the transport's limit). BENCHTIME is each run's measured window, after
+# CROSS_WARMUP; at -count 6 the whole target took 7 minutes on 2 cores. Then
+# benchcmp's in-process benchmarks give allocations per call, for the rows
+# the plots and docs use (64 callers, 1,000 clients): ALLOCS_COUNT runs of
+# ALLOCS_BENCHTIME calls each, as allocations hardly vary between runs
+# (with 1,000 clients that is 10 calls a connection, whose first calls'
+# allocations then weigh more than in a long run). One
+# raw file in results/ holds both, with `uptime` before and after. The
+# plots go to IMG: results/img, so that a run leaves the clone clean;
+# IMG=docs/img refreshes the tracked figures.
+CROSS_WARMUP     ?= 200ms
+ALLOCS_BENCH     ?= ^Benchmark(Echo|Sleep|Conns)$$/impl/size/^(callers=64|clients=1000)$$
+ALLOCS_BENCHTIME ?= 10000x
+ALLOCS_COUNT     ?= 1
+IMG              ?= $(RESULTS)/img
+
 .PHONY: bench-all
-bench-all: ## the benchmark grid, saved in results/, compared with benchstat
+bench-all: ## the grid, each server in its own process, then allocations per call; raw output in results/, benchstat tables, plots in IMG (results/img)
 	@mkdir -p $(RESULTS)
-	@out=$(RESULTS)/bench-$$(date -u +%Y%m%dT%H%M%SZ).txt; \
-	n=$$($(GO) test -run '^$$' -list '$(BENCH)' ./benchcmp | grep -c '^Bench'); \
-	echo "== benchcmp: $$n benchmark function(s) matching '$(BENCH)', -count $(COUNT), -benchtime $(BENCHTIME); raw output in $$out"; \
-	echo "   one line per finished run (impl x size x callers; Sleep: a 1 ms method); $(GO) $$($(GO) env GOVERSION), $$(nproc) CPUs"; \
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -count $(COUNT) -benchtime $(BENCHTIME) -timeout 0 ./benchcmp | tee $$out; \
+	@out=$(RESULTS)/bench-$$(date -u +%Y%m%dT%H%M%SZ).txt; start=$$(date +%s); \
+	echo "# uptime before: $$(uptime)" > $$out; \
+	n=$$($(GO) test -run '^$$' -list '$(BENCH)' ./benchcmp/cross | grep -c '^Bench'); \
+	echo "== benchcmp/cross: $$n benchmark function(s) matching '$(BENCH)', each server in its own process, -count $(COUNT), a $(BENCHTIME) window after $(CROSS_WARMUP) of warm-up; raw output in $$out"; \
+	echo "   one line per finished run (size x callers x impl; Sleep: a 1 ms method; Conns: 1,000 clients); $(GO) $$($(GO) env GOVERSION), $$(nproc) CPUs"; \
+	$(GO) test -run '^$$' -bench '$(BENCH)' -count $(COUNT) -benchtime $(BENCHTIME) -timeout 0 ./benchcmp/cross -cross.warmup $(CROSS_WARMUP) | tee -a $$out; \
 	status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status; \
+	echo "== benchcmp, client and server in one process, for allocations per call: -count $(ALLOCS_COUNT), -benchtime $(ALLOCS_BENCHTIME)"; \
+	$(GO) test -run '^$$' -bench '$(ALLOCS_BENCH)' -benchmem -count $(ALLOCS_COUNT) -benchtime $(ALLOCS_BENCHTIME) -timeout 0 ./benchcmp | tee -a $$out; \
+	status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status; \
+	echo "# uptime after: $$(uptime)" >> $$out; \
+	echo "# bench-all: $$(( $$(date +%s) - start )) s for both runs" | tee -a $$out; \
 	cp $$out $(RESULTS)/latest.txt; \
-	echo; echo "== go tool benchstat -col /impl $$out"; \
-	$(GO) tool benchstat -col /impl $$out || exit $$?; \
-	echo; echo "== plots of $$out in docs/img"; $(GO) run ./benchcmp/cmd/plots -in $$out -out docs/img
+	echo; echo "== go tool benchstat -col /impl -filter '.name:/^Cross/' $$out"; \
+	$(GO) tool benchstat -col /impl -filter '.name:/^Cross/' $$out || exit $$?; \
+	echo; echo "== allocations per call (in one process): go tool benchstat -col /impl -filter '-.name:/^Cross/ .unit:(B/op OR allocs/op)' $$out"; \
+	$(GO) tool benchstat -col /impl -filter '-.name:/^Cross/ .unit:(B/op OR allocs/op)' $$out || exit $$?; \
+	echo; echo "== plots of $$out in $(IMG)"; $(GO) run ./benchcmp/cmd/plots -in $$out -out $(IMG)
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZTIME each
@@ -106,7 +133,8 @@ diff: ## the step between two versions: make diff FROM=v1 TO=v2 (FULL=1: every f
 # latencies are not shared with the client's scheduler and GC. The grid is
 # 3 caller counts x every implementation x LOADGEN_DURATION.
 LOADGEN_DURATION ?= 5s
-# IMPL: all, or a list such as v4,v4-portable,v4-tls (the two engines, TLS).
+# IMPL: all, or a list such as v4,v4-portable,v4-tls (the two engines, TLS),
+# or raw (no RPC: the transport's limit; echo only).
 IMPL             ?= all
 SIZE             ?= 64
 
@@ -119,14 +147,14 @@ loadgen: ## cross-process load: IMPL (all) x callers 1, 64, 1024 at SIZE (64) B,
 	exit $${PIPESTATUS[0]}
 
 .PHONY: plots
-plots: ## draw results/latest.txt (make bench-all) into docs/img
-	$(GO) run ./benchcmp/cmd/plots -in $(RESULTS)/latest.txt -out docs/img
+plots: ## draw results/latest.txt (make bench-all) into IMG (results/img; IMG=docs/img for the tracked figures)
+	$(GO) run ./benchcmp/cmd/plots -in $(RESULTS)/latest.txt -out $(IMG)
 
 .PHONY: connscale
 connscale: ## goroutines and memory per idle connection, v3 against v4 (up to 9,000 connections)
 	@mkdir -p $(RESULTS)
 	$(GO) run ./benchcmp/cmd/connscale -impl v3,v4 -conns 100,1000,9000 -out $(RESULTS)/connscale.txt
-	$(GO) run ./benchcmp/cmd/plots -in $(RESULTS)/latest.txt -conns $(RESULTS)/connscale.txt -out docs/img
+	$(GO) run ./benchcmp/cmd/plots -in $(RESULTS)/latest.txt -conns $(RESULTS)/connscale.txt -out $(IMG)
 
 # soak: v3 and v4 (Linux) through a proxy that splits, delays and resets
 # their connections, 64 callers each, under -race. A wrong reply, a call

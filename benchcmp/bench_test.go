@@ -64,10 +64,6 @@ func BenchmarkSleep(b *testing.B) {
 	}
 }
 
-// ManyClients is the many-connections workload: that many clients, each
-// with one caller, all on one server.
-const ManyClients = 1000
-
 // BenchmarkConns: ManyClients clients, one caller each, 64 B echo. Where
 // the grid above shares one client, this gives the server a connection per
 // caller (v1: a connection per call).

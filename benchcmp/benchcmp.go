@@ -7,7 +7,14 @@
 // Each implementation serves the same Echo service on loopback TCP and is
 // driven by the same loop (Drive): a number of callers share one client,
 // every reply is checked against its request, and each call's latency is
-// recorded. `make bench-all` runs the whole grid.
+// recorded. Here client and server share one process, which is where
+// allocations per call are counted. `make bench-all` runs the grid with
+// each server in a process of its own (benchcmp/cross, which also has
+// Raw, the transport's limit), then these benchmarks for allocations.
+//
+// The package also holds what the cross-process measurements share, with
+// cmd/loadgen: the server child (ServeChild, StartServer, CPUMeter), the
+// time-based run (Load) and Raw.
 //
 // The payload is a []byte. The rpcsteps versions carry it with codec.Raw,
 // so that the grid measures how bytes move, which is what the versions
@@ -52,6 +59,9 @@ type Impl struct {
 	Serve func(ln net.Listener) (stop func(), err error)
 	// Dial returns a client of the server at addr (TCP).
 	Dial func(addr string) (Client, error)
+	// EchoOnly is set for an implementation that serves Echo.Echo and
+	// not Echo.Sleep (Raw).
+	EchoOnly bool
 }
 
 // Echo is the service every implementation serves.
@@ -62,6 +72,10 @@ func (Echo) Echo(args []byte, reply *[]byte) error {
 	*reply = append((*reply)[:0], args...)
 	return nil
 }
+
+// ManyClients is the many-connections workload: that many clients, each
+// with one caller, all on one server.
+const ManyClients = 1000
 
 // SleepTime is how long Echo.Sleep works before it answers.
 const SleepTime = time.Millisecond
@@ -79,9 +93,10 @@ func Impls() []Impl {
 	return append([]Impl{netrpcImpl(), v1Impl(), v2Impl(), v3Impl()}, v4Impls()...)
 }
 
-// Lookup returns the implementation named name, in Impls or Extras.
+// Lookup returns the implementation named name, in Impls or Extras, or
+// Raw.
 func Lookup(name string) (Impl, error) {
-	for _, im := range append(Impls(), Extras()...) {
+	for _, im := range append(append(Impls(), Extras()...), Raw()) {
 		if im.Name == name {
 			return im, nil
 		}

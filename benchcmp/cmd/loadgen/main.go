@@ -10,8 +10,12 @@
 // lets -callers goroutines call Echo.Echo (or Echo.Sleep, a 1 ms method) for
 // -duration. Every reply is checked against its request. It prints the
 // calls so far once a second, then calls/s, the measured p50, p99 and
-// p99.9 latency of single calls, and the number of failed calls; with more
-// than one run, a table of them all at the end.
+// p99.9 latency of single calls, the number of failed calls, and the CPU
+// time per call of the server process and of loadgen's; with more than
+// one run, a table of them all at the end. -impl raw is no RPC at all, a
+// length-prefixed echo: the transport's limit (benchcmp.Raw). The child
+// and the run are benchcmp's (ServeChild, StartServer, Load), which the
+// cross-process benchmarks of make bench-all (benchcmp/cross) share.
 //
 // It exits with status 1 if a call failed and 2 if the flags are wrong.
 package main
@@ -32,9 +36,11 @@ import (
 	"github.com/rpcsteps/rpcsteps/benchcmp"
 )
 
-// serveFlag is the hidden flag that makes loadgen the server child: it
-// serves the named implementation on a loopback port, prints the address
-// on stdout and serves until SIGTERM or until its stdin closes.
+// serveFlag is the hidden flag that makes loadgen the server child
+// (benchcmp.ServeChild): it serves the named implementation on a loopback
+// port, prints the address on stdout and serves until SIGTERM or until its
+// stdin closes. LOADGEN_SERVER_CPUPROFILE names a file for the server's
+// CPU profile (use it with one -impl and one -callers).
 const serveFlag = "serve"
 
 // config is what the flags ask for.
@@ -123,12 +129,17 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 		return nil, fmt.Errorf("-method %q: want echo or sleep", *method)
 	}
 	cfg.method = m
+	for _, im := range cfg.impls {
+		if im.EchoOnly && m != "Echo.Echo" {
+			return nil, fmt.Errorf("-impl %s serves echo only, not -method %s", im.Name, *method)
+		}
+	}
 	return cfg, nil
 }
 
 func implNames() []string {
 	var names []string
-	for _, im := range append(benchcmp.Impls(), benchcmp.Extras()...) {
+	for _, im := range append(append(benchcmp.Impls(), benchcmp.Extras()...), benchcmp.Raw()) {
 		names = append(names, im.Name)
 	}
 	return names
@@ -152,7 +163,7 @@ func main() {
 		os.Exit(2)
 	}
 	if cfg.serve != "" {
-		if err := serveChild(cfg.impls[0], os.Stdin, os.Stdout); err != nil {
+		if err := benchcmp.ServeChild(cfg.impls[0], os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintf(os.Stderr, "loadgen server (%s): %v\n", cfg.serve, err)
 			os.Exit(1)
 		}

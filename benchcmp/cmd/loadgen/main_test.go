@@ -46,25 +46,30 @@ func TestParseFlags(t *testing.T) {
 	require.Equal(t, 2*time.Second, cfg.duration)
 	require.Equal(t, "Echo.Sleep", cfg.method)
 
+	cfg, err = parseFlags(strings.Fields("-impl raw"), &out) // the limit
+	require.NoError(t, err)
+	require.True(t, cfg.impls[0].EchoOnly)
+
 	cfg, err = parseFlags(strings.Fields("-impl v4,v4-portable,v4-tls"), &out) // a list, extras included
 	require.NoError(t, err)
 	require.Len(t, cfg.impls, 3)
 	require.Equal(t, "v4-tls", cfg.impls[2].Name)
 
 	for args, want := range map[string]string{
-		"-impl v9":             `-impl "v9": want one of netrpc, v1`,
-		"-impl v4,v9":          `-impl "v9"`,
-		"-callers 0":           "-callers",
-		"-callers 8,x":         "want whole numbers",
-		"-callers -3":          "from 1 to",
-		"-size 4":              "at least 8 bytes",
-		"-duration 0s":         "positive duration",
-		"-duration -1s":        "positive duration",
-		"-method ping":         `-method "ping": want echo or sleep`,
-		"-callers 4 extra":     "unexpected arguments",
-		"-duration 5":          "invalid value",
-		"-nosuchflag":          "not defined",
-		"-" + serveFlag + " x": `-impl "x"`,
+		"-impl v9":                `-impl "v9": want one of netrpc, v1`,
+		"-impl v4,v9":             `-impl "v9"`,
+		"-callers 0":              "-callers",
+		"-callers 8,x":            "want whole numbers",
+		"-callers -3":             "from 1 to",
+		"-size 4":                 "at least 8 bytes",
+		"-duration 0s":            "positive duration",
+		"-duration -1s":           "positive duration",
+		"-method ping":            `-method "ping": want echo or sleep`,
+		"-callers 4 extra":        "unexpected arguments",
+		"-duration 5":             "invalid value",
+		"-nosuchflag":             "not defined",
+		"-" + serveFlag + " x":    `-impl "x"`,
+		"-impl raw -method sleep": "serves echo only",
 	} {
 		_, err := parseFlags(strings.Fields(args), &out)
 		require.ErrorContains(t, err, want, args)
@@ -97,12 +102,15 @@ func TestSummarize(t *testing.T) {
 	require.Zero(t, empty.callsPerSec)
 	require.Zero(t, empty.p99)
 
+	s.srvCPU, s.cliCPU = 3400*time.Nanosecond, 21*time.Microsecond
+	require.Contains(t, s.String(), "; 0 errors; CPU per call: server 3.4µs, client 21µs")
 	var b bytes.Buffer
 	printTable(&b, []*summary{s, empty})
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
 	require.Len(t, lines, 3)
-	require.Regexp(t, `impl +method +size +callers +calls/s +p50 +p99 +p99\.9 +max +errors`, lines[0])
-	require.Regexp(t, `v3 +Echo.Echo +64 +4 +500 +500µs +990µs +999µs +1.00ms +0`, lines[1])
+	require.Regexp(t, `impl +method +size +callers +calls/s +p50 +p99 +p99\.9 +max +errors +srv CPU/call +cli CPU/call$`, lines[0])
+	require.Regexp(t, `v3 +Echo.Echo +64 +4 +500 +500µs +990µs +999µs +1.00ms +0 +3.4µs +21µs$`, lines[1])
+	require.Regexp(t, ` +0 +- +-$`, lines[2])
 }
 
 func TestFmtDur(t *testing.T) {
@@ -134,6 +142,8 @@ func TestRunAgainstChild(t *testing.T) {
 	require.Positive(t, s.p50)
 	require.LessOrEqual(t, s.p50, s.p99)
 	require.LessOrEqual(t, s.p99, s.p999)
+	require.Positive(t, s.srvCPU)
+	require.Positive(t, s.cliCPU)
 	require.Contains(t, out.String(), "calls/s in the last second\n")
 
 	// A cancelled run ends at once and says so.

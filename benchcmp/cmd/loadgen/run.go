@@ -1,24 +1,14 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
-	"os/signal"
-	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -39,264 +29,50 @@ func (r runSpec) String() string {
 		r.impl.Name, r.method, r.size, r.callers, r.duration)
 }
 
-// Timeouts around the child process and the end of a run.
-const (
-	childStartTimeout = 10 * time.Second
-	childEndTimeout   = 10 * time.Second
-	// drainTimeout is how long the calls in flight at the end of a run
-	// may take before the client is closed under them.
-	drainTimeout = 30 * time.Second
-	// maxErrors failed calls end a run early.
-	maxErrors = 1000
-)
-
-// serveChild is the child: it serves im on a loopback port, prints the
-// address as the first line of out, and serves until SIGTERM or until in
-// (the parent's pipe) closes, which happens if the parent dies.
-func serveChild(im benchcmp.Impl, in io.Reader, out io.Writer) error {
-	// Ctrl-C in a terminal reaches the whole process group; the parent
-	// decides when the server ends, after its calls have returned.
-	signal.Ignore(os.Interrupt)
-	term := make(chan os.Signal, 1)
-	signal.Notify(term, syscall.SIGTERM)
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	stop, err := im.Serve(ln)
-	if err != nil {
-		ln.Close()
-		return err
-	}
-	defer stop()
-	// LOADGEN_SERVER_CPUPROFILE: the server's CPU profile, for pprof (the
-	// last server started writes it: use it with one -impl and one -callers).
-	if path := os.Getenv("LOADGEN_SERVER_CPUPROFILE"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	if _, err := fmt.Fprintln(out, ln.Addr()); err != nil {
-		return err
-	}
-	eof := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(io.Discard, in)
-		close(eof)
-	}()
-	select {
-	case <-term:
-	case <-eof:
-	}
-	return nil
-}
-
-// child is a server process started by startChild.
-type child struct {
-	cmd   *exec.Cmd
-	stdin io.Closer
-	addr  string
-}
-
-// startChild re-executes self as the server of the implementation named
-// name and reads the address it listens on.
-func startChild(self, name string) (*child, error) {
-	cmd := exec.Command(self, "-"+serveFlag, name)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting the server process: %w", err)
-	}
-	ch := &child{cmd: cmd, stdin: stdin}
-
-	line := make(chan string, 1)
-	go func() {
-		s, _ := bufio.NewReader(stdout).ReadString('\n')
-		line <- strings.TrimSpace(s)
-	}()
-	select {
-	case ch.addr = <-line:
-	case <-time.After(childStartTimeout):
-	}
-	if ch.addr == "" {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return nil, fmt.Errorf("the server process printed no address within %v", childStartTimeout)
-	}
-	return ch, nil
-}
-
-// end signals the child with SIGTERM and waits for it to exit; if it has
-// not exited after childEndTimeout, it is killed.
-func (c *child) end() error {
-	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		c.stdin.Close() // no SIGTERM here (Windows): a closed stdin ends it too
-	}
-	done := make(chan error, 1)
-	go func() { done <- c.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("server process (pid %d): %w", c.cmd.Process.Pid, err)
-		}
-		return nil
-	case <-time.After(childEndTimeout):
-		_ = c.cmd.Process.Kill()
-		<-done
-		return fmt.Errorf("server process (pid %d) did not exit within %v of SIGTERM: killed", c.cmd.Process.Pid, childEndTimeout)
-	}
-}
-
 // runAgainstChild starts the server child, drives it from one client for
 // spec.duration and ends the child. The summary is nil if no run took
 // place; err reports what went wrong around the run.
 func runAgainstChild(ctx context.Context, self string, spec runSpec, p *progress) (*summary, error) {
-	ch, err := startChild(self, spec.impl.Name)
+	ch, err := benchcmp.StartServer(exec.Command(self, "-"+serveFlag, spec.impl.Name))
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(p.w, "   server: pid %d on %s\n", ch.cmd.Process.Pid, ch.addr)
-	c, err := spec.impl.Dial(ch.addr)
+	fmt.Fprintf(p.w, "   server: pid %d on %s\n", ch.Pid(), ch.Addr)
+	c, err := spec.impl.Dial(ch.Addr)
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("dial: %w", err), ch.end())
+		return nil, errors.Join(fmt.Errorf("dial: %w", err), ch.End())
 	}
-	s := drive(ctx, c, spec, p)
-	return s, errors.Join(c.Close(), ch.end())
-}
-
-// caller is one calling goroutine's state. Each has its own latencies, so
-// that recording one needs no synchronisation; they are merged at the end.
-type caller struct {
-	data  []byte
-	args  any // data, boxed once: Call takes an any
-	reply []byte
-	lat   []time.Duration
+	cpu := &benchcmp.CPUMeter{Server: ch}
+	s, err := drive(ctx, c, spec, p, cpu.Edge)
+	if s != nil && cpu.Err == nil && s.calls > 0 && !s.interrupted {
+		s.srvCPU = cpu.ServerCPU / time.Duration(s.calls)
+		s.cliCPU = cpu.ClientCPU / time.Duration(s.calls)
+	}
+	return s, errors.Join(err, c.Close(), ch.End())
 }
 
 // drive makes calls through c from spec.callers goroutines until
 // spec.duration has passed or ctx is done, checking every reply, and
-// reports progress through p once a second.
-func drive(ctx context.Context, c benchcmp.Client, spec runSpec, p *progress) *summary {
-	var (
-		stop     atomic.Bool
-		calls    atomic.Int64
-		nerrs    atomic.Int64
-		errMu    sync.Mutex
-		firstErr error
-	)
-	fail := func(err error) {
-		errMu.Lock()
-		if firstErr == nil {
-			firstErr = err
-		}
-		errMu.Unlock()
-		if nerrs.Add(1) >= maxErrors {
-			stop.Store(true)
-		}
+// reports progress through p once a second. onWindow, if set, is called
+// as the run starts and ends (Load.OnWindow).
+func drive(ctx context.Context, c benchcmp.Client, spec runSpec, p *progress, onWindow func(bool)) (*summary, error) {
+	load := &benchcmp.Load{
+		Clients:  []benchcmp.Client{c},
+		Method:   spec.method,
+		Callers:  spec.callers,
+		Size:     spec.size,
+		Window:   spec.duration,
+		Progress: p.update,
+		OnWindow: onWindow,
 	}
-
-	cs := make([]caller, spec.callers)
-	for i := range cs {
-		cl := &cs[i]
-		cl.data = make([]byte, spec.size)
-		for j := range cl.data {
-			cl.data[j] = byte(i + j)
-		}
-		cl.args = cl.data
-		cl.reply = make([]byte, 0, spec.size)
-		cl.lat = make([]time.Duration, 0, 1024)
-	}
-	runtime.GC() // the previous run's garbage is not this run's cost
-
-	var wg sync.WaitGroup
-	ready := make(chan struct{})
-	for i := range cs {
-		cl := &cs[i]
-		wg.Go(func() {
-			<-ready
-			for n := uint64(0); !stop.Load(); n++ {
-				// The first 8 bytes name the caller and the call, so a
-				// reply meant for another call cannot pass the check.
-				binary.LittleEndian.PutUint64(cl.data, uint64(i)<<40|n)
-				t0 := time.Now()
-				err := c.Call(context.Background(), spec.method, cl.args, &cl.reply)
-				d := time.Since(t0)
-				switch {
-				case err != nil:
-					fail(fmt.Errorf("caller %d call %d: %w", i, n, err))
-				case !bytes.Equal(cl.reply, cl.data):
-					fail(fmt.Errorf("caller %d call %d: reply of %d bytes does not match its request", i, n, len(cl.reply)))
-				default:
-					cl.lat = append(cl.lat, d)
-					calls.Add(1)
-				}
-			}
-		})
-	}
-
-	t0 := time.Now()
-	close(ready)
-	timer := time.NewTimer(spec.duration)
-	defer timer.Stop()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	last, lastT := int64(0), t0
-	interrupted := false
-loop:
-	for {
-		select {
-		case <-timer.C:
-			break loop
-		case <-ctx.Done():
-			interrupted = true
-			break loop
-		case now := <-tick.C:
-			n := calls.Load()
-			p.update(now.Sub(t0), n, float64(n-last)/now.Sub(lastT).Seconds())
-			last, lastT = n, now
-			if stop.Load() {
-				break loop // too many errors
-			}
-		}
-	}
-	stop.Store(true)
-
-	// Wait for the calls in flight; if they hang, close the client under
-	// them.
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(drainTimeout):
-		fail(fmt.Errorf("calls still in flight %v after the end of the run: closed the client", drainTimeout))
-		c.Close()
-		<-done
-	}
-	elapsed := time.Since(t0)
+	res, err := load.Run(ctx)
 	p.done()
-
-	var lat []time.Duration
-	for i := range cs {
-		lat = append(lat, cs[i].lat...)
-		cs[i].lat = nil
+	if err != nil {
+		return nil, err
 	}
-	s := summarize(spec, lat, elapsed)
-	s.errors, s.firstErr, s.interrupted = nerrs.Load(), firstErr, interrupted
-	return s
+	s := summarize(spec, res.Latencies, res.Elapsed)
+	s.errors, s.firstErr, s.interrupted = res.Errors, res.FirstErr, res.Interrupted
+	return s, nil
 }
 
 // summary is what one run measured.
@@ -309,6 +85,9 @@ type summary struct {
 	errors                 int64
 	firstErr               error
 	interrupted            bool
+	// srvCPU and cliCPU are the CPU time per call of the server child and
+	// of loadgen (user + system), 0 if unknown.
+	srvCPU, cliCPU time.Duration
 }
 
 // summarize computes throughput and percentiles from the latencies of the
@@ -332,6 +111,9 @@ func (s *summary) String() string {
 	fmt.Fprintf(&b, "   %s: %d calls in %v: %.0f calls/s; latency p50 %s  p99 %s  p99.9 %s  max %s; %d errors",
 		s.spec.impl.Name, s.calls, s.elapsed.Round(time.Millisecond), s.callsPerSec,
 		fmtDur(s.p50), fmtDur(s.p99), fmtDur(s.p999), fmtDur(s.maxLat), s.errors)
+	if s.srvCPU > 0 || s.cliCPU > 0 {
+		fmt.Fprintf(&b, "; CPU per call: server %s, client %s", fmtCPU(s.srvCPU), fmtCPU(s.cliCPU))
+	}
 	if s.firstErr != nil {
 		fmt.Fprintf(&b, " (first: %v)", s.firstErr)
 	}
@@ -344,13 +126,26 @@ func (s *summary) String() string {
 // printTable prints one line per run.
 func printTable(w io.Writer, sums []*summary) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "impl\tmethod\tsize\tcallers\tcalls/s\tp50\tp99\tp99.9\tmax\terrors\t")
+	fmt.Fprintln(tw, "impl\tmethod\tsize\tcallers\tcalls/s\tp50\tp99\tp99.9\tmax\terrors\tsrv CPU/call\tcli CPU/call\t")
 	for _, s := range sums {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t\n",
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t\n",
 			s.spec.impl.Name, s.spec.method, s.spec.size, s.spec.callers, s.callsPerSec,
-			fmtDur(s.p50), fmtDur(s.p99), fmtDur(s.p999), fmtDur(s.maxLat), s.errors)
+			fmtDur(s.p50), fmtDur(s.p99), fmtDur(s.p999), fmtDur(s.maxLat), s.errors,
+			fmtCPU(s.srvCPU), fmtCPU(s.cliCPU))
 	}
 	tw.Flush()
+}
+
+// fmtCPU is fmtDur, with "-" for unknown (0), and two significant
+// digits below 10µs: 3.4µs.
+func fmtCPU(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "-"
+	case d < 10*time.Microsecond:
+		return fmt.Sprintf("%.1fµs", float64(d)/1e3)
+	}
+	return fmtDur(d)
 }
 
 // fmtDur prints d with three significant digits or so: 812µs, 1.25ms, 2.50s.

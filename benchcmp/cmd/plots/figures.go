@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"image/color"
 	"math"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,34 +43,71 @@ type chart struct {
 }
 
 // workload is one column of the grid: a benchmark function and the keys
-// that fix its payload.
+// that fix its payload. fns are the function's names, the cross-process
+// one (make bench-all, benchcmp/cross) first: a figure is drawn from the
+// first that has data, so that an older file of in-process results still
+// draws.
 type workload struct {
 	file, title, short string
-	fn                 string
+	fns                []string
 	where              map[string]string
 }
 
 var workloads = []workload{
-	{"echo-64", "Echo, 64 B payload", "echo 64 B", "Echo", map[string]string{"size": "64"}},
-	{"echo-4096", "Echo, 4 KiB payload", "echo 4 KiB", "Echo", map[string]string{"size": "4096"}},
-	{"sleep", "Sleep (1 ms in the method), 64 B payload", "sleep 1 ms", "Sleep", map[string]string{"size": "64"}},
+	{"echo-64", "Echo, 64 B payload", "echo 64 B", []string{"CrossEcho", "Echo"}, map[string]string{"size": "64"}},
+	{"echo-4096", "Echo, 4 KiB payload", "echo 4 KiB", []string{"CrossEcho", "Echo"}, map[string]string{"size": "4096"}},
+	{"sleep", "Sleep (1 ms in the method), 64 B payload", "sleep 1 ms", []string{"CrossSleep", "Sleep"}, map[string]string{"size": "64"}},
 }
+
+// inProcess is the in-process function of a workload, where allocations
+// per call are measured (the cross-process lines have none).
+func (w workload) inProcess() string { return w.fns[len(w.fns)-1] }
 
 // allocsCallers is the caller count of the allocation bars: allocations
 // per call hardly depend on it, and every workload has it.
 const allocsCallers = "64"
+
+// metric is a unit to plot and the factor that brings it to the axis's
+// unit. A figure takes the first of its metrics that a point has: p99 is
+// p99-ms in the cross-process lines and p99-ns in the in-process ones.
+type metric struct {
+	unit  string
+	scale float64
+}
+
+// value returns the first of ms that p has, scaled.
+func value(p Point, ms []metric) (float64, bool) {
+	for _, m := range ms {
+		if v, ok := p.Metrics[m.unit]; ok {
+			return v * m.scale, true
+		}
+	}
+	return 0, false
+}
+
+// sum returns the sum of units in p, if p has them all.
+func sum(p Point, units ...string) (float64, bool) {
+	t := 0.0
+	for _, u := range units {
+		v, ok := p.Metrics[u]
+		if !ok {
+			return 0, false
+		}
+		t += v
+	}
+	return t, true
+}
 
 func figures() []figure {
 	var fs []figure
 	for _, w := range workloads {
 		fs = append(fs, figure{file: "throughput-" + w.file, input: "bench", build: lineSpec{
 			title:  w.title + ": throughput",
-			fn:     w.fn,
+			fns:    w.fns,
 			where:  w.where,
 			x:      "callers",
 			xLabel: "callers sharing one client (log scale)",
-			metric: "calls/s",
-			scale:  1,
+			value:  func(p Point) (float64, bool) { return value(p, []metric{{"calls/s", 1}}) },
 			yLabel: "calls/s (log scale)",
 			yTick:  fmtSI,
 		}.build})
@@ -77,33 +115,44 @@ func figures() []figure {
 	for _, w := range workloads {
 		fs = append(fs, figure{file: "latency-p99-" + w.file, input: "bench", build: lineSpec{
 			title:  w.title + ": p99 latency of one call",
-			fn:     w.fn,
+			fns:    w.fns,
 			where:  w.where,
 			x:      "callers",
 			xLabel: "callers sharing one client (log scale)",
-			metric: "p99-ns",
-			scale:  1e-6,
+			value:  func(p Point) (float64, bool) { return value(p, []metric{{"p99-ms", 1}, {"p99-ns", 1e-6}}) },
 			yLabel: "p99 latency, ms (log scale)",
-			yTick:  func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) },
+			yTick:  fmtG,
+		}.build})
+	}
+	for _, w := range workloads {
+		fs = append(fs, figure{file: "cpu-" + w.file, input: "bench", build: lineSpec{
+			title:  w.title + ": CPU per call",
+			fns:    w.fns[:1], // only the cross-process lines measure CPU
+			where:  w.where,
+			x:      "callers",
+			xLabel: "callers sharing one client (log scale)",
+			value:  func(p Point) (float64, bool) { return sum(p, "srv-us/call", "cli-us/call") },
+			dashed: func(p Point) (float64, bool) { return value(p, []metric{{"srv-us/call", 1}}) },
+			yLabel: "CPU µs per call (log scale)",
+			yTick:  fmtG,
+			note:   "solid: server + client; dashed: server",
 		}.build})
 	}
 	fs = append(fs, figure{file: "conns-goroutines", input: "conns", build: lineSpec{
 		title:   "Idle connections: server goroutines per connection",
-		fn:      "ConnScale",
+		fns:     []string{"ConnScale"},
 		x:       "conns",
 		xLabel:  "idle connections (log scale)",
-		metric:  "goroutines/conn",
-		scale:   1,
+		value:   func(p Point) (float64, bool) { return value(p, []metric{{"goroutines/conn", 1}}) },
 		yLabel:  "goroutines per connection",
 		linearY: true,
 	}.build})
 	fs = append(fs, figure{file: "conns-memory", input: "conns", build: lineSpec{
 		title:   "Idle connections: server memory per connection",
-		fn:      "ConnScale",
+		fns:     []string{"ConnScale"},
 		x:       "conns",
 		xLabel:  "idle connections (log scale)",
-		metric:  "bytes/conn",
-		scale:   1.0 / 1024,
+		value:   func(p Point) (float64, bool) { return value(p, []metric{{"bytes/conn", 1.0 / 1024}}) },
 		yLabel:  "KiB per connection (heap + stacks)",
 		linearY: true,
 	}.build})
@@ -116,10 +165,11 @@ func figures() []figure {
 }
 
 // implOrder is the order, and so the colour, of every implementation:
-// the tutorial's, then any others in the order they appear.
+// the tutorial's, then raw (the transport's limit), then any others in the
+// order they appear.
 func implOrder(ps []Point) []string {
 	var names []string
-	for _, im := range benchcmp.Impls() {
+	for _, im := range append(benchcmp.Impls(), benchcmp.Raw()) {
 		names = append(names, im.Name)
 	}
 	for _, v := range Values(ps, "impl") {
@@ -130,9 +180,26 @@ func implOrder(ps []Point) []string {
 	return names
 }
 
+// hasCross reports whether s holds cross-process lines (benchcmp/cross).
+func (s *Set) hasCross() bool {
+	for _, p := range s.Points {
+		if strings.HasPrefix(p.Func, "Cross") {
+			return true
+		}
+	}
+	return false
+}
+
 // caption is the figure's footnote: what the numbers are and where they
 // come from.
 func caption(s *Set, ps []Point) string {
+	where := "client and server in one process"
+	for _, p := range ps {
+		if strings.HasPrefix(p.Func, "Cross") {
+			where = "each server in its own process"
+			break
+		}
+	}
 	runs, procs := 0, []int{}
 	for _, p := range ps {
 		runs = max(runs, p.Runs)
@@ -149,21 +216,25 @@ func caption(s *Set, ps []Point) string {
 	if runs == 1 {
 		what = "one run"
 	}
-	return fmt.Sprintf("%s, GOMAXPROCS %s; %s", what, strings.Join(ps2, ","), s.Source)
+	return fmt.Sprintf("%s, GOMAXPROCS %s, %s; %s", what, strings.Join(ps2, ","), where, filepath.Base(s.Source))
 }
 
 // lineSpec is a figure of one metric against a numeric key, one line per
 // implementation, on log-log axes.
 type lineSpec struct {
-	title  string
-	fn     string
+	title string
+	// fns are benchmark functions: the first with points is drawn.
+	fns    []string
 	where  map[string]string
 	x      string // the key on the x axis
 	xLabel string
-	metric string
-	scale  float64 // the metric times scale is plotted
-	yLabel string
-	yTick  func(float64) string
+	// value is what is plotted of a point, in the y axis's unit; dashed,
+	// if set, is a second line per implementation, dashed, in the same
+	// colour (note says what the two are).
+	value, dashed func(Point) (float64, bool)
+	yLabel        string
+	yTick         func(float64) string
+	note          string
 	// linearY plots the metric as it is, from 0, instead of on a log
 	// scale: for figures where 0 is a value (v4's goroutines per idle
 	// connection).
@@ -171,23 +242,34 @@ type lineSpec struct {
 }
 
 func (ls lineSpec) build(s *Set) (*chart, error) {
-	ps := s.Select(ls.fn, ls.where)
+	fns := ls.fns
+	if s.hasCross() {
+		// make bench-all's file: its in-process lines are there for
+		// allocations, and must not stand in for a cross-process row.
+		fns = fns[:1]
+	}
+	var ps []Point
+	for _, fn := range fns {
+		if ps = s.Select(fn, ls.where); len(ps) > 0 {
+			break
+		}
+	}
 	p := plot.New()
 	legend := plot.NewLegend()
 	var xs []float64
 	ymin, ymax := math.Inf(1), math.Inf(-1)
-	for i, impl := range implOrder(ps) {
+	// points returns the line of impl for one value function.
+	points := func(impl string, val func(Point) (float64, bool)) plotter.XYs {
 		var pts plotter.XYs
 		for _, pt := range ps {
 			if pt.Keys["impl"] != impl {
 				continue
 			}
 			x, err := strconv.ParseFloat(pt.Keys[ls.x], 64)
-			y, ok := pt.Metrics[ls.metric]
+			y, ok := val(pt)
 			if err != nil || !ok || x <= 0 || y < 0 || (y == 0 && !ls.linearY) {
 				continue
 			}
-			y *= ls.scale
 			yv := y
 			if !ls.linearY {
 				yv = math.Log10(y)
@@ -198,10 +280,14 @@ func (ls lineSpec) build(s *Set) (*chart, error) {
 			}
 			ymin, ymax = min(ymin, y), max(ymax, y)
 		}
+		slices.SortFunc(pts, func(a, b plotter.XY) int { return cmp.Compare(a.X, b.X) })
+		return pts
+	}
+	for i, impl := range implOrder(ps) {
+		pts := points(impl, ls.value)
 		if len(pts) == 0 {
 			continue
 		}
-		slices.SortFunc(pts, func(a, b plotter.XY) int { return cmp.Compare(a.X, b.X) })
 		l, sc, err := plotter.NewLinePoints(pts)
 		if err != nil {
 			return nil, err
@@ -213,6 +299,19 @@ func (ls lineSpec) build(s *Set) (*chart, error) {
 		sc.Radius = vg.Points(3.5)
 		p.Add(l, sc)
 		legend.Add(impl, l, sc)
+		if ls.dashed == nil {
+			continue
+		}
+		if dpts := points(impl, ls.dashed); len(dpts) > 0 {
+			dl, err := plotter.NewLine(dpts)
+			if err != nil {
+				return nil, err
+			}
+			dl.Color = l.Color
+			dl.Width = vg.Points(1)
+			dl.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+			p.Add(dl)
+		}
 	}
 	if len(xs) == 0 {
 		return nil, nil
@@ -238,7 +337,11 @@ func (ls lineSpec) build(s *Set) (*chart, error) {
 		p.Y.Tick.Marker = logTicks{label: ls.yTick}
 	}
 	p.Add(plotter.NewGrid())
-	return &chart{p: p, legend: legend, caption: caption(s, ps)}, nil
+	c := &chart{p: p, legend: legend, caption: caption(s, ps)}
+	if ls.note != "" {
+		c.caption = ls.note + "; " + c.caption
+	}
+	return c, nil
 }
 
 // barSpec is a figure of one metric per implementation, a bar for each
@@ -269,7 +372,7 @@ func (bs barSpec) build(s *Set) (*chart, error) {
 		for k, v := range w.where {
 			where[k] = v
 		}
-		ps := s.Select(w.fn, where)
+		ps := s.Select(w.inProcess(), where)
 		b := bars{w: w, vals: map[string]float64{}}
 		for _, p := range ps {
 			if v, ok := p.Metrics[bs.metric]; ok {
@@ -396,6 +499,9 @@ func niceAbove(v float64) float64 {
 	}
 	return 10 * pow
 }
+
+// fmtG prints v as it is: 0.25, 2, 150.
+func fmtG(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
 
 // fmtSI prints 2000 as 2k and 1000000 as 1M.
 func fmtSI(v float64) string {

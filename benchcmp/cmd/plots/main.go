@@ -1,16 +1,24 @@
 // Command plots draws the benchmark grid of `make bench-all` for a reader:
 //
-//	go run ./benchcmp/cmd/plots -in results/latest.txt -out docs/img
+//	go run ./benchcmp/cmd/plots -in results/latest.txt -out results/img
 //
 // It reads raw `go test -bench` output, takes the median of each metric
 // over the -count repetitions, and writes one file per figure:
 //
 //	throughput-{echo-64,echo-4096,sleep}   calls/s against callers, a line per implementation
 //	latency-p99-{echo-64,echo-4096,sleep}  p99 latency against callers, a line per implementation
+//	cpu-{echo-64,echo-4096,sleep}          CPU per call against callers: server + client, and server
 //	allocs                                 allocations per call, a bar per workload
 //
-// A figure whose data the file lacks (a run with BENCH=Sleep, say) is
-// skipped and the rest are drawn.
+// make bench-all's file holds the cross-process grid (BenchmarkCross*,
+// benchcmp/cross: calls/s, p99-ms, srv-us/call, cli-us/call), which the
+// line figures are drawn from, and benchcmp's in-process benchmarks, which
+// the allocation bars are drawn from. A file of in-process results alone
+// (an older run) still draws: its calls/s and p99-ns then make the line
+// figures, and the CPU figures are skipped. A figure whose data the file
+// lacks (a run with BENCH=Sleep, say) is skipped and the rest are drawn.
+// make bench-all draws into results/img; IMG=docs/img refreshes the
+// tracked figures.
 package main
 
 import (
@@ -50,7 +58,7 @@ func parseFlags(args []string, w io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("plots", flag.ContinueOnError)
 	fs.SetOutput(w)
 	in := fs.String("in", "results/latest.txt", "raw `go test -bench` output of benchcmp (make bench-all)")
-	out := fs.String("out", "docs/img", "directory to write the figures into")
+	out := fs.String("out", "results/img", "directory to write the figures into (docs/img: the tracked ones)")
 	format := fs.String("format", "png", "png or svg")
 	conns := fs.String("conns", "", "output of connscale -out (make connscale), for the idle-connection figures")
 	if err := fs.Parse(args); err != nil {

@@ -138,11 +138,131 @@ func TestRun(t *testing.T) {
 		}
 	}
 
+	// make bench-all's file: every figure of the cross grid and the
+	// allocations; 4 KiB is not in the sample.
+	require.NoError(t, os.WriteFile(in, []byte(sampleCross), 0o644))
 	var log bytes.Buffer
-	_, err := parseFlags([]string{"-format", "gif"}, &log)
+	opts, err := parseFlags([]string{"-in", in, "-out", filepath.Join(dir, "cross")}, &log)
+	require.NoError(t, err)
+	require.NoError(t, run(opts, &log))
+	require.Contains(t, log.String(), "skipped cpu-echo-4096")
+	require.Contains(t, log.String(), "skipped throughput-echo-4096")
+	for _, f := range []string{"throughput-echo-64", "latency-p99-echo-64", "cpu-echo-64", "cpu-sleep", "allocs"} {
+		fi, err := os.Stat(filepath.Join(dir, "cross", f+".png"))
+		require.NoError(t, err, f)
+		require.Positive(t, fi.Size())
+	}
+
+	_, err = parseFlags([]string{"-format", "gif"}, &log)
 	require.ErrorContains(t, err, "want png or svg")
 	require.NoError(t, os.WriteFile(in, []byte("PASS\n"), 0o644))
-	opts, err := parseFlags([]string{"-in", in, "-out", dir}, &log)
+	opts, err = parseFlags([]string{"-in", in, "-out", dir}, &log)
 	require.NoError(t, err)
 	require.ErrorContains(t, run(opts, &log), "no benchmark results")
+}
+
+// Lines of make bench-all: the cross-process grid (benchcmp/cross), then
+// the in-process rows for allocations, with the lines around them.
+const sampleCross = `# uptime before:  23:38:07 up  2:18,  0 user,  load average: 7.32, 4.50, 2.88
+goos: linux
+goarch: amd64
+pkg: github.com/rpcsteps/rpcsteps/benchcmp/cross
+cpu: AMD EPYC
+BenchmarkCrossEcho/size=64/callers=1/impl=netrpc-2         	       1	    101519 ns/op	      9850 calls/s	        63.10 cli-us/call	         0.09646 p50-ms	         0.1674 p99-ms	        68.78 srv-us/call
+BenchmarkCrossEcho/size=64/callers=1/impl=v4-2             	       1	    113047 ns/op	      8846 calls/s	        46.80 cli-us/call	         0.09546 p50-ms	         0.1953 p99-ms	        55.71 srv-us/call
+BenchmarkCrossEcho/size=64/callers=1/impl=raw-2            	       1	     52386 ns/op	     19089 calls/s	        27.80 cli-us/call	         0.04051 p50-ms	         0.1069 p99-ms	        20.56 srv-us/call
+BenchmarkCrossEcho/size=64/callers=64/impl=netrpc-2        	       1	     30677 ns/op	     32598 calls/s	        15.75 cli-us/call	         1.582 p50-ms	         7.007 p99-ms	        17.08 srv-us/call
+BenchmarkCrossEcho/size=64/callers=64/impl=v4-2            	       1	      9541 ns/op	    104807 calls/s	         4.464 cli-us/call	         0.5318 p50-ms	         2.090 p99-ms	         7.204 srv-us/call
+BenchmarkCrossEcho/size=64/callers=64/impl=v4-2            	       1	      9000 ns/op	    111111 calls/s	         4.000 cli-us/call	         0.5000 p50-ms	         3.000 p99-ms	         7.000 srv-us/call
+BenchmarkCrossEcho/size=64/callers=64/impl=raw-2           	       1	      4251 ns/op	    235224 calls/s	         3.368 cli-us/call	         0.2089 p50-ms	         0.8400 p99-ms	         1.220 srv-us/call
+BenchmarkCrossSleep/size=64/callers=64/impl=v4-2           	       1	     30000 ns/op	     33333 calls/s	         5.000 cli-us/call	         1.900 p50-ms	         3.100 p99-ms	         6.000 srv-us/call
+PASS
+ok  	github.com/rpcsteps/rpcsteps/benchcmp/cross	22.851s
+goos: linux
+goarch: amd64
+pkg: github.com/rpcsteps/rpcsteps/benchcmp
+cpu: AMD EPYC
+BenchmarkEcho/impl=netrpc/size=64/callers=64-2         	   10000	     29000 ns/op	     34482 calls/s	   1500000 p50-ns	   5000000 p99-ns	     866 B/op	      19 allocs/op
+BenchmarkEcho/impl=v4/size=64/callers=64-2             	   10000	     11000 ns/op	     90909 calls/s	    600000 p50-ns	   1500000 p99-ns	     336 B/op	       7 allocs/op
+BenchmarkEcho/impl=v4/size=4096/callers=64-2           	   10000	     12000 ns/op	     83333 calls/s	    700000 p50-ns	   1600000 p99-ns	    8811 B/op	       7 allocs/op
+BenchmarkSleep/impl=v4/size=64/callers=64-2            	   10000	     30000 ns/op	     33333 calls/s	   1900000 p50-ns	   3100000 p99-ns	     334 B/op	       7 allocs/op
+PASS
+ok  	github.com/rpcsteps/rpcsteps/benchcmp	44.903s
+# uptime after:  23:48:07 up  2:28,  0 user,  load average: 7.00, 4.50, 2.88
+`
+
+func TestParseCross(t *testing.T) {
+	lines, err := Parse(strings.NewReader(sampleCross))
+	require.NoError(t, err)
+	require.Len(t, lines, 12) // the # lines, config lines, PASS and ok are not results
+	l := lines[2]
+	require.Equal(t, "CrossEcho", l.Func)
+	require.Equal(t, map[string]string{"size": "64", "callers": "1", "impl": "raw"}, l.Keys)
+	require.EqualValues(t, 1, l.Iters)
+	require.Equal(t, map[string]float64{
+		"ns/op": 52386, "calls/s": 19089, "cli-us/call": 27.80, "p50-ms": 0.04051,
+		"p99-ms": 0.1069, "srv-us/call": 20.56,
+	}, l.Metrics)
+
+	s := Merge("sample", lines)
+	v4 := s.Select("CrossEcho", map[string]string{"callers": "64", "impl": "v4"})
+	require.Len(t, v4, 1)
+	require.Equal(t, 2, v4[0].Runs)
+	p99, ok := value(v4[0], []metric{{"p99-ms", 1}, {"p99-ns", 1e-6}})
+	require.True(t, ok)
+	require.InDelta(t, 2.545, p99, 1e-9) // the median of 2.090 and 3.000
+	cpu, ok := sum(v4[0], "srv-us/call", "cli-us/call")
+	require.True(t, ok)
+	require.InDelta(t, (7.204+7.0)/2+(4.464+4.0)/2, cpu, 1e-9)
+
+	// In-process lines have p99 in ns and no CPU.
+	echo := s.Select("Echo", map[string]string{"impl": "v4", "size": "64"})
+	require.Len(t, echo, 1)
+	p99, ok = value(echo[0], []metric{{"p99-ms", 1}, {"p99-ns", 1e-6}})
+	require.True(t, ok)
+	require.InDelta(t, 1.5, p99, 1e-9)
+	_, ok = sum(echo[0], "srv-us/call", "cli-us/call")
+	require.False(t, ok)
+}
+
+// The line figures come from the cross-process lines where a file has
+// them, the allocation bars from the in-process ones; an in-process file
+// alone still draws, without CPU figures.
+func TestFiguresCross(t *testing.T) {
+	lines, err := Parse(strings.NewReader(sampleCross))
+	require.NoError(t, err)
+	s := Merge("cross.txt", lines)
+	byFile := map[string]figure{}
+	for _, f := range figures() {
+		byFile[f.file] = f
+	}
+	for _, file := range []string{"throughput-echo-64", "latency-p99-echo-64", "cpu-echo-64", "throughput-sleep"} {
+		c, err := byFile[file].build(s)
+		require.NoError(t, err, file)
+		require.NotNil(t, c, file)
+		require.Contains(t, c.caption, "each server in its own process", file)
+	}
+	c, err := byFile["cpu-echo-64"].build(s)
+	require.NoError(t, err)
+	require.Contains(t, c.caption, "dashed: server")
+	c, err = byFile["allocs"].build(s)
+	require.NoError(t, err)
+	require.Contains(t, c.caption, "client and server in one process")
+	// The in-process lines do not stand in for missing cross-process
+	// ones (none at 4 KiB here, but an in-process row at 4 KiB).
+	for _, file := range []string{"cpu-echo-4096", "throughput-echo-4096"} {
+		c, err = byFile[file].build(s)
+		require.NoError(t, err)
+		require.Nil(t, c, file)
+	}
+
+	lines, err = Parse(strings.NewReader(sample))
+	require.NoError(t, err)
+	old := Merge("old.txt", lines)
+	c, err = byFile["throughput-echo-64"].build(old)
+	require.NoError(t, err)
+	require.Contains(t, c.caption, "client and server in one process")
+	c, err = byFile["cpu-echo-64"].build(old)
+	require.NoError(t, err)
+	require.Nil(t, c)
 }
