@@ -239,9 +239,9 @@ func (c *Client) conn(ctx context.Context, i int) (*conn, error) {
 			}
 		}
 		if s.lastErr != nil && time.Now().Before(s.retryAt) {
-			err := s.lastErr
+			err, retryAt := s.lastErr, s.retryAt // read under mu: a dial may end meanwhile
 			c.mu.Unlock()
-			return nil, fmt.Errorf("%w (next attempt in %v)", err, time.Until(s.retryAt).Round(time.Millisecond))
+			return nil, fmt.Errorf("%w (next attempt in %v)", err, time.Until(retryAt).Round(time.Millisecond))
 		}
 		s.dialing = make(chan struct{})
 		c.mu.Unlock()

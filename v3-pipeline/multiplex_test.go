@@ -395,3 +395,34 @@ func TestGoroutineCost(t *testing.T) {
 		float64(int64(heap1)-int64(heap0))/conns/1024, float64(int64(stack1)-int64(stack0))/conns/1024)
 	close(g.release)
 }
+
+// Callers that find a dead server while one of them redials read the
+// slot's backoff under the lock (run with -race: it once read retryAt
+// after unlocking, while the redial wrote it).
+func TestConcurrentCallersDuringBackoff(t *testing.T) {
+	s := newEchoServer(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	c, err := Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	var reply []byte
+	require.NoError(t, c.Call(context.Background(), "Echo.Echo", []byte("x"), &reply))
+	s.Close() // from here every redial is refused
+	require.ErrorIs(t, <-served, ErrServerClosed)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 300 {
+				var reply []byte
+				if c.Call(context.Background(), "Echo.Echo", []byte("x"), &reply) == nil {
+					t.Error("a call succeeded with the server closed")
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
