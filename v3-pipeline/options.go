@@ -213,12 +213,10 @@ func WithConns(n int) ClientOption {
 // Positive intervals below MinPingInterval are taken as it; 0 or less
 // disables pings.
 func WithPingInterval(d time.Duration) ClientOption {
-	return clientFunc(func(o *clientOptions) {
-		if d > 0 {
-			d = max(d, MinPingInterval)
-		}
-		o.pingInterval = d
-	})
+	if d > 0 { // here, not in the closure: an option may be applied by many Dials at once
+		d = max(d, MinPingInterval)
+	}
+	return clientFunc(func(o *clientOptions) { o.pingInterval = d })
 }
 
 // WithMaxQueuedBytes bounds the encoded requests waiting for the writer of

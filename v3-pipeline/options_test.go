@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"testing"
 	"time"
 
@@ -173,4 +174,22 @@ func TestOptionCaps(t *testing.T) {
 	require.Equal(t, 64<<10, so.bufSize)
 	require.Equal(t, math.MaxInt, so.maxInFlight)
 	require.Equal(t, math.MaxInt, so.maxBytesInFlight)
+}
+
+// One option value applied by many Dials at once is read, never written
+// (run with -race: WithPingInterval once clamped its captured value as
+// it applied itself).
+func TestOptionSharedByConcurrentDials(t *testing.T) {
+	opt := WithPingInterval(time.Nanosecond) // below the minimum: clamped
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			var o clientOptions
+			opt.applyClient(&o)
+			if o.pingInterval != MinPingInterval {
+				t.Errorf("ping interval %v, want %v", o.pingInterval, MinPingInterval)
+			}
+		})
+	}
+	wg.Wait()
 }

@@ -35,6 +35,8 @@ type Client struct {
 	// The portable engine's figures.
 	writes, frames atomic.Int64
 
+	live atomic.Int32 // connections made and not yet failed (Connected)
+
 	mu    sync.Mutex
 	slots []slot
 	dials int64
@@ -93,15 +95,24 @@ const (
 // Dial connects to the server at address and returns its client. A call made
 // after the connection broke connects again.
 func Dial(network, address string, opts ...ClientOption) (*Client, error) {
+	return DialContext(context.Background(), network, address, opts...)
+}
+
+// DialContext is Dial that gives up when ctx ends, with an error that
+// matches ctx.Err() (errors.Is). ctx bounds the first connection (its
+// dial and TLS handshake) only, along with WithDialTimeout; the client
+// outlives it.
+func DialContext(ctx context.Context, network, address string, opts ...ClientOption) (*Client, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6", "unix":
 	default:
 		return nil, fmt.Errorf("epollbatch: dial %s %s: %w", network, address, net.UnknownNetworkError(network))
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &Client{network: network, address: address, opts: newClientOptions(opts), ctx: ctx, cancel: cancel}
+	o := newClientOptions(opts)
+	cctx, cancel := context.WithCancel(context.Background())
+	c := &Client{network: network, address: address, opts: o, ctx: cctx, cancel: cancel}
 	c.slots = make([]slot, c.opts.conns)
-	dctx, dcancel := context.WithTimeout(ctx, c.opts.dialTimeout)
+	dctx, dcancel := context.WithTimeout(ctx, c.opts.dialTimeout) // dial stops with the client too
 	defer dcancel()
 	if _, err := c.conn(dctx, 0); err != nil {
 		c.Close()
@@ -115,6 +126,13 @@ func Dial(network, address string, opts ...ClientOption) (*Client, error) {
 // If ctx ends first, Call returns at once with an error that matches
 // ctx.Err() (errors.Is), and reply is left alone. Metadata on ctx
 // (NewOutgoingContext) travels with the request.
+//
+// A call the connection failed says whether the server may have run it:
+// its error wraps ErrNotSent when the request never reached the server
+// (the dial failed, or the connection failed before the request was
+// written), so that sending it again is safe, and ErrConnLost when the
+// request was written and the connection then failed, so that the method
+// may have run. Go's and Notify's errors say the same.
 func (c *Client) Call(ctx context.Context, serviceMethod string, args, reply any) error {
 	if c.opts.intercept != nil {
 		return c.intercept(ctx, serviceMethod, args, reply, func(ctx context.Context) error {
@@ -178,7 +196,9 @@ func (c *Client) Notify(ctx context.Context, serviceMethod string, args any) err
 
 // Close closes the client, its connections and its reactors. Later calls
 // return ErrShutdown, and calls in flight end at once with ErrShutdown.
-// Close may be called more than once.
+// The error wraps ErrNotSent as well for a call whose request had not
+// been written, ErrConnLost for one whose request had. Close may be
+// called more than once.
 func (c *Client) Close() error {
 	c.cancel()
 	c.mu.Lock()
@@ -195,6 +215,14 @@ func (c *Client) Close() error {
 	c.releaseReactors()
 	return nil
 }
+
+// Connected reports whether one of the client's connections at least is
+// open and has not been found dead (by a failed read or write, the server
+// closing it, or pings gone unanswered). While it is false a call connects
+// first, and fails with ErrNotSent if it cannot. A caller with other
+// servers to choose from (package cluster) sends elsewhere instead of
+// waiting for the connection. It costs an atomic load.
+func (c *Client) Connected() bool { return c.live.Load() > 0 }
 
 // Stats returns figures of the client's connections.
 func (c *Client) Stats() Stats {
@@ -219,7 +247,7 @@ func (c *Client) start(ctx context.Context, call *Call, typ protocol.Type, async
 	call.ctx = ctx
 	call.logger = c.opts.logger
 	if c.ctx.Err() != nil {
-		call.complete(ErrShutdown)
+		call.complete(errShutdownNotSent)
 		return
 	}
 	if err := ctx.Err(); err != nil {
@@ -228,7 +256,7 @@ func (c *Client) start(ctx context.Context, call *Call, typ protocol.Type, async
 	}
 	mc, err := c.conn(ctx, int(c.next.Add(1)%uint64(len(c.slots))))
 	if err != nil {
-		call.complete(c.callError(ctx, call.ServiceMethod, err))
+		call.complete(c.callError(ctx, call.ServiceMethod, err, false))
 		return
 	}
 	mc.send(ctx, call, typ, async)
@@ -331,18 +359,33 @@ func (c *Client) dial(ctx context.Context, i int) (callConn, error) {
 	return newPclientConn(c, nc), nil
 }
 
+// The errors of calls that a closed client ended: never sent (refused, or
+// still queued), or sent.
+var (
+	errShutdownNotSent = fmt.Errorf("%w (%w)", ErrShutdown, ErrNotSent)
+	errShutdownLost    = fmt.Errorf("%w (%w)", ErrShutdown, ErrConnLost)
+)
+
 // callError says why a call failed: the client was closed, the caller's
-// ctx ended, or the connection failed.
-func (c *Client) callError(ctx context.Context, serviceMethod string, err error) error {
+// ctx ended, or the connection failed (or could not be made). sent tells
+// whether the call's request was written whole before that: the error
+// wraps ErrConnLost if so, ErrNotSent if not.
+func (c *Client) callError(ctx context.Context, serviceMethod string, err error, sent bool) error {
 	var se ServerError
 	if errors.As(err, &se) {
 		return se
 	}
 	if c.ctx.Err() != nil || errors.Is(err, ErrShutdown) {
-		return ErrShutdown
+		if sent {
+			return errShutdownLost
+		}
+		return errShutdownNotSent
 	}
 	if cerr := ctx.Err(); cerr != nil {
 		return fmt.Errorf("epollbatch: call %s: %w", serviceMethod, cerr)
 	}
-	return fmt.Errorf("epollbatch: call %s: %w", serviceMethod, err)
+	if sent {
+		return fmt.Errorf("epollbatch: call %s: %w: %w", serviceMethod, ErrConnLost, err)
+	}
+	return fmt.Errorf("epollbatch: call %s: %w: %w", serviceMethod, ErrNotSent, err)
 }

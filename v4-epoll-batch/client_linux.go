@@ -121,7 +121,9 @@ func (c *Client) dialReactor(nc net.Conn, i int) (callConn, bool, error) {
 		unix.Close(fd)
 		return nil, true, err
 	}
+	c.live.Add(1) // before the reactor has it: its first failure counts it out (fail)
 	if err := l.attach(cc.c); err != nil {
+		c.live.Add(-1)
 		unix.Close(fd)
 		return nil, true, ErrShutdown
 	}

@@ -175,3 +175,21 @@ func TestOptionCaps(t *testing.T) {
 	co = newClientOptions([]ClientOption{WithPingInterval(-1)})
 	require.LessOrEqual(t, co.pingInterval, time.Duration(0), "pings off")
 }
+
+// One option value applied by many Dials at once is read, never written
+// (run with -race: WithPingInterval once clamped its captured value as
+// it applied itself).
+func TestOptionSharedByConcurrentDials(t *testing.T) {
+	opt := WithPingInterval(time.Nanosecond) // below the minimum: clamped
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			var o clientOptions
+			opt.applyClient(&o)
+			if o.pingInterval != MinPingInterval {
+				t.Errorf("ping interval %v, want %v", o.pingInterval, MinPingInterval)
+			}
+		})
+	}
+	wg.Wait()
+}

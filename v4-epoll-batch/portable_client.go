@@ -31,7 +31,14 @@ import (
 // since its last write, in one write), the reader matches each reply to its
 // call by sequence ID. Whoever removes a call from pending completes it:
 // the reader (its reply came), the call's ctx watcher (it ended first), or
-// fail (the connection broke).
+// the writer as it stops once the connection broke (drop).
+//
+// Whether a call's request left (ErrNotSent or ErrConnLost): queued counts
+// the bytes appended to wbuf, the stream in the order it is written, and
+// each call records where its frame ends (Call.sentEnd); the writer counts
+// the bytes its writes took (wrote). Once the writer has stopped nothing
+// more is written, and a pending call whose frame ends past wrote was not
+// written whole: its server cannot have run it.
 type pclientConn struct {
 	c   *Client
 	nc  net.Conn
@@ -43,6 +50,7 @@ type pclientConn struct {
 	pending   map[uint64]*Call
 	wbuf      []byte        // frames queued for the writer
 	frames    int           // how many
+	queued    int64         // bytes appended to wbuf so far
 	room      chan struct{} // closed when the writer takes wbuf; nil if no one waits
 	err       error         // why the connection is dead; nil while alive
 	lastRecv  time.Time     // when a frame last arrived
@@ -51,6 +59,8 @@ type pclientConn struct {
 
 	wake chan struct{} // tells the writer there is work; capacity 1
 	done chan struct{} // closed when the connection dies
+
+	wrote int64 // (writer goroutine) bytes written so far
 }
 
 func newPclientConn(c *Client, nc net.Conn) *pclientConn {
@@ -62,6 +72,7 @@ func newPclientConn(c *Client, nc net.Conn) *pclientConn {
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}
+	c.live.Add(1) // its first failure counts it out (fail)
 	go mc.readLoop()
 	go mc.writeLoop()
 	if d := c.opts.pingInterval; d > 0 {
@@ -124,7 +135,7 @@ func (mc *pclientConn) enqueue(ctx context.Context, call *Call, typ protocol.Typ
 	if mc.err != nil {
 		err := mc.err
 		mc.mu.Unlock()
-		call.complete(mc.c.callError(ctx, call.ServiceMethod, err))
+		call.complete(mc.c.callError(ctx, call.ServiceMethod, err, false))
 		return true
 	}
 	if typ == protocol.TypeRequest {
@@ -138,6 +149,8 @@ func (mc *pclientConn) enqueue(ctx context.Context, call *Call, typ protocol.Typ
 	}
 	mc.wbuf = append(mc.wbuf, frame...)
 	mc.frames++
+	mc.queued += int64(len(frame))
+	call.sentEnd = mc.queued
 	mc.mu.Unlock()
 	select {
 	case mc.wake <- struct{}{}:
@@ -183,6 +196,7 @@ func (mc *pclientConn) abandon(seq uint64, err error) {
 // writeLoop writes the queued frames: everything queued since the last
 // write goes out in one write, so that under load frames batch.
 func (mc *pclientConn) writeLoop() {
+	defer mc.drop()
 	var spare []byte
 	for {
 		select {
@@ -205,7 +219,9 @@ func (mc *pclientConn) writeLoop() {
 			mc.room = nil
 		}
 		mc.mu.Unlock()
-		if _, err := mc.nc.Write(buf); err != nil {
+		n, err := mc.nc.Write(buf)
+		mc.wrote += int64(n)
+		if err != nil {
 			mc.fail(err)
 			return
 		}
@@ -259,7 +275,7 @@ func (mc *pclientConn) readLoop() {
 func (mc *pclientConn) finish(call *Call, f *protocol.Frame) error {
 	if call.stopWait != nil && !call.stopWait() {
 		// The ctx ended as the reply arrived; abandon found the call gone.
-		return mc.c.callError(call.ctx, call.ServiceMethod, call.ctx.Err())
+		return mc.c.callError(call.ctx, call.ServiceMethod, call.ctx.Err(), true)
 	}
 	if dl, ok := call.ctx.Deadline(); ok && !time.Now().Before(dl) {
 		// Read at or after the deadline, before ctx's own timer fired.
@@ -275,8 +291,10 @@ func (mc *pclientConn) finish(call *Call, f *protocol.Frame) error {
 	return nil
 }
 
-// fail kills the connection: every pending call fails at once with err (or
-// ErrShutdown, if the client is closed), and the next call connects again.
+// fail kills the connection (any goroutine): nothing more is queued on it,
+// the socket is closed, which stops the writer, and the writer then fails
+// every pending call with err (or ErrShutdown, if the client is closed):
+// see drop. The next call connects again.
 func (mc *pclientConn) fail(err error) {
 	mc.mu.Lock()
 	if mc.err != nil {
@@ -287,19 +305,29 @@ func (mc *pclientConn) fail(err error) {
 		err = ErrShutdown
 	}
 	mc.err = err
-	pending := mc.pending
-	mc.pending = nil
 	close(mc.done)
 	if mc.heartbeat != nil {
 		mc.heartbeat.Stop()
 	}
 	mc.mu.Unlock()
+	mc.c.live.Add(-1)
 	mc.nc.Close()
+}
+
+// drop fails every pending call once the writer has stopped (the
+// connection failed, so it stops), when nothing more can be written: with
+// ErrConnLost if its request was written whole, ErrNotSent if not.
+func (mc *pclientConn) drop() {
+	mc.mu.Lock()
+	err := mc.err
+	pending := mc.pending
+	mc.pending = nil
+	mc.mu.Unlock()
 	for _, call := range pending {
 		if call.stopWait != nil {
 			call.stopWait()
 		}
-		call.complete(mc.c.callError(call.ctx, call.ServiceMethod, err))
+		call.complete(mc.c.callError(call.ctx, call.ServiceMethod, err, call.sent(mc.wrote)))
 	}
 }
 
@@ -323,7 +351,9 @@ func (mc *pclientConn) beat() {
 	if mc.pingSent.IsZero() && now.Sub(mc.lastRecv) >= d {
 		mc.pingSent = now
 		h := protocol.Header{Type: protocol.TypePing, Seq: mc.seq.Add(1)}
+		before := len(mc.wbuf)
 		mc.wbuf, _ = protocol.AppendFrame(mc.wbuf, &h, "", "", nil)
+		mc.queued += int64(len(mc.wbuf) - before) // in the stream, as a request's frame
 		mc.frames++
 		select {
 		case mc.wake <- struct{}{}:

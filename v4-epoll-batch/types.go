@@ -2,6 +2,7 @@ package epollbatch
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 
 	"github.com/rpcsteps/rpcsteps/shared/service"
@@ -9,6 +10,29 @@ import (
 
 // ErrShutdown is returned by the calls of a closed Client.
 var ErrShutdown = service.ErrShutdown
+
+// ErrNotSent is wrapped by the error of a call whose request never
+// reached a server: its connection could not be made (the dial failed, or
+// the client is waiting out the pause after a failed one), the client
+// refused it before it was queued (closed, or the connection found dead),
+// or the connection failed before the whole request was written to the
+// socket. A server runs only a request it received whole, so the method
+// did not run: sending the call again, to this server or another, is
+// safe. Test with errors.Is(err, ErrNotSent); the error wraps the cause
+// too (a net.OpError, ErrShutdown, ...). A call whose ctx ended reports
+// the ctx's error instead, and one whose arguments do not encode an error
+// of its own.
+var ErrNotSent = errors.New("request not sent")
+
+// ErrConnLost is wrapped by the error of a call whose request was written
+// to its connection, which then failed before the reply came (the server
+// closed it or died, a read or write failed, pings went unanswered): the
+// server may have received the request and run the method, or not; no
+// one can tell. Send such a call again only if running it twice is
+// harmless. Test with errors.Is(err, ErrConnLost); the error wraps the
+// cause too. "Written" means handed to the socket: bytes a server never
+// received count as written.
+var ErrConnLost = errors.New("connection lost after the request was sent: it may have run")
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = service.ErrServerClosed
@@ -29,6 +53,16 @@ type Call struct {
 	ctx      context.Context
 	stopWait func() bool // stops the watch on ctx
 	logger   *slog.Logger
+	// sentEnd is where the request's frame ends in its connection's
+	// stream of written bytes, once queued for the writer; 0 before (see
+	// sent).
+	sentEnd int64
+}
+
+// sent reports whether the call's request was written whole, written
+// being the count of bytes of the stream whose frames were written whole.
+func (call *Call) sent(written int64) bool {
+	return call.sentEnd > 0 && call.sentEnd <= written
 }
 
 // complete delivers the call. Only the party that removed the call from its
