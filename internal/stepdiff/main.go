@@ -108,6 +108,7 @@ var steps = map[int]step{
 			"engine_portable.go":  "the default engine with the rpcsteps_portable tag",
 			"engine_other.go":     "stand-ins for the epoll engine on systems without epoll",
 			"buffers.go":          "the frame buffer pool, moved out of v3's conn.go and sconn.go for both engines",
+			"batch.go":            "the requests of one read that share a worker, and each method's mean time",
 			"types.go":            "Call, the errors and the Stats types, moved out of client.go and server.go for both engines",
 			"interceptor.go":      "client and server interceptors, new API",
 			"metadata.go":         "per-call metadata, new API",
