@@ -7,14 +7,14 @@
 // sub-reactors (WithReactors; GOMAXPROCS by default), each one goroutine
 // owning its connections: level-triggered epoll, non-blocking reads into
 // a per-connection buffer, every complete frame decoded without waiting.
-// Methods run on a bounded pool of workers (WithWorkers); replies go into
-// each connection's ring (many producers, one consumer), which the
-// connection's reactor drains into one writev. A connection with too many
-// requests in flight stops being read until replies go out; a client that
-// half-closes still gets its replies; idle connections close on a timing
-// wheel. The client multiplexes calls over one connection as v3 does, its
-// connection driven by reactors that all clients share (started by the
-// first Dial, stopped when the last Client closes).
+// Methods run on a bounded pool of workers (WithWorkers; the quick
+// requests of one read share one); replies go into each connection's
+// ring (many producers, one consumer), drained by its reactor into one
+// writev. A connection with too many requests in flight stops being read
+// until replies go out; a client that half-closes still gets its replies;
+// idle connections close on a timing wheel. The client multiplexes calls
+// over one connection as v3 does, on reactors that all clients share
+// (started by the first Dial, stopped when the last Client closes).
 //
 // The portable engine serves what epoll cannot take: TLS connections
 // (Serve a tls.NewListener; WithTLSConfig on the client), connections

@@ -312,16 +312,16 @@ func WithReactors(n int) Option {
 	return reactors(n)
 }
 
-// WithWorkers bounds the methods a server runs at once (default
-// DefaultWorkers, at most MaxWorkersCap), on an ants/v2 pool of n workers
-// of the server's own. Workers are started on demand and leave after a
-// second or two idle. (A request that comes while the pool's workers are
-// still on their way back from their last task runs on a goroutine of its
-// own, within the same bound.) A request that finds n methods running is
-// answered at once with a
-// ServerError ("server overloaded"), never queued on the reactor; a
-// one-way request then has no one to tell, and is dropped (logged at
-// Debug level). n <= 0 keeps the default.
+// WithWorkers bounds the workers a server runs at once (default
+// DefaultWorkers, at most MaxWorkersCap), on an ants/v2 pool of its own,
+// each running a request or a batch (on the epoll engine, the quick
+// requests of one read share one worker: see batch.go). Workers start on
+// demand and leave after a second or two idle. (A hand-off that comes
+// while the pool's workers are on their way back from their last task
+// runs on a goroutine of its own, within the same bound.) A request, or
+// batch, that finds n workers busy is answered at once with a ServerError
+// ("server overloaded"), never queued on the reactor; a one-way request
+// is dropped (logged at Debug level). n <= 0 keeps the default.
 func WithWorkers(n int) ServerOption {
 	return serverFunc(func(o *serverOptions) {
 		if n > 0 {

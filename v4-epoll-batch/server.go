@@ -45,7 +45,7 @@ type Server struct {
 	// requests handed to workers, the hand-offs that carried them, and
 	// the batches that spilled (ServerStats)
 	requests, handoffs, spills atomic.Int64
-	running                    atomic.Int32 // workers running a batch of methods: at most WithWorkers
+	running                    atomic.Int32 // workers running a request or a batch: at most WithWorkers
 	costs                      costTable    // what each method takes, which decides the batches (batch.go)
 
 	onShutdown []func() // RegisterOnShutdown; guarded by mu
@@ -237,8 +237,8 @@ func (s *Server) beginShutdown() []*pconn {
 // reading requests (a request already arriving is read), lets the requests
 // already received run and their replies go out, closes each connection
 // once nothing is in flight on it, and returns nil once every connection
-// is closed. If ctx ends first, it closes everything as Close does and
-// returns ctx.Err().
+// is closed; the RegisterOnShutdown functions run before all that. If ctx
+// ends first, it closes everything as Close does and returns ctx.Err().
 func (s *Server) Shutdown(ctx context.Context) error {
 	for _, pc := range s.beginShutdown() {
 		pc.shutdown()
@@ -395,7 +395,7 @@ func (s *Server) invoke(t *task) error {
 // submit hands t, and the n-1 tasks linked from it, to one worker. On failure
 // the tasks are still the caller's (it answers each and gives it back
 // with release) and submit returns the text of the error reply:
-// WithWorkers methods are running already, or the pool is closed.
+// WithWorkers workers are busy already, or the pool is closed.
 func (s *Server) submit(t *task, n int) (refusal string, ok bool) {
 	if !s.acquire() {
 		s.overloaded.Add(int64(n))

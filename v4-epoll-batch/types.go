@@ -84,7 +84,7 @@ type ServerStats struct {
 	Frames      int64 // frames they wrote: Frames/Writes is the batching
 	WorkersBusy int   // workers running a method (or a batch of them) now
 	Workers     int   // workers alive now
-	Overloaded  int64 // requests answered "overloaded"
+	Overloaded  int64 // requests refused a worker: answered "overloaded" (or "closing"), or dropped if one-way
 	Requests    int64 // requests handed to workers
 	Handoffs    int64 // hand-offs that carried them: Requests/Handoffs is the batching of quick methods
 	Spills      int64 // batches that ran long and handed their rest to another worker
