@@ -1,115 +1,45 @@
 package main
 
 import (
-	"bufio"
 	"errors"
-	"fmt"
 	"io"
-	"net"
-	"os"
 	"os/exec"
-	"os/signal"
 	"slices"
-	"strings"
 	"sync"
-	"syscall"
-	"time"
+	"sync/atomic"
 
 	"github.com/rpcsteps/rpcsteps/benchcmp"
 )
 
-// Timeouts around the children.
-const (
-	childStartTimeout = 10 * time.Second
-	childEndTimeout   = 5 * time.Second
-)
+// The server children are benchcmp's (benchcmp.ServeChild and
+// StartServer, as for loadgen and the cross-process benchmarks: the
+// address on the first line, SIGTERM or a closed stdin to end, Pdeathsig
+// on Linux), serving v4. What clusterbench adds: starting several at
+// once, and kill -9 as an expected end.
 
-// serveChild is a server child: it serves the benchcmp Echo service on v4
-// on a loopback port, prints the address as the first line of out, and
-// serves until SIGTERM or until in (the parent's pipe) closes.
+// serveChild is a server child: benchcmp's, serving v4.
 func serveChild(in io.Reader, out io.Writer) error {
-	// Ctrl-C in a terminal reaches the whole process group; the parent
-	// ends its children itself, after its calls have returned.
-	signal.Ignore(os.Interrupt)
-	term := make(chan os.Signal, 1)
-	signal.Notify(term, syscall.SIGTERM)
-
 	im, err := benchcmp.Lookup("v4")
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	stop, err := im.Serve(ln)
-	if err != nil {
-		ln.Close()
-		return err
-	}
-	defer stop()
-	if _, err := fmt.Fprintln(out, ln.Addr()); err != nil {
-		return err
-	}
-	eof := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(io.Discard, in)
-		close(eof)
-	}()
-	select {
-	case <-term:
-	case <-eof:
-	}
-	return nil
+	return benchcmp.ServeChild(im, in, out)
 }
 
 // child is a server process.
 type child struct {
-	cmd    *exec.Cmd
-	stdin  io.Closer
-	addr   string
-	waited chan struct{} // closed when cmd.Wait has returned
-	err    error         // cmd.Wait's error, once waited is closed
-	killed bool          // by kill: its end is no error
+	*benchcmp.ServerProcess
+	killed atomic.Bool // by kill: its end is no error
 }
 
 // startChild re-executes self as a server child and reads the address it
-// listens on. On Linux the child is killed if this process dies
-// (childAttr).
+// listens on.
 func startChild(self string) (*child, error) {
-	cmd := exec.Command(self, "-"+serveFlag)
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = childAttr()
-	stdin, err := cmd.StdinPipe()
+	p, err := benchcmp.StartServer(exec.Command(self, "-"+serveFlag))
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting a server process: %w", err)
-	}
-	c := &child{cmd: cmd, stdin: stdin, waited: make(chan struct{})}
-	line := make(chan string, 1)
-	go func() {
-		s, _ := bufio.NewReader(stdout).ReadString('\n')
-		line <- strings.TrimSpace(s)
-		// Wait closes stdout: only once the address is read.
-		c.err = cmd.Wait()
-		close(c.waited)
-	}()
-	select {
-	case c.addr = <-line:
-	case <-time.After(childStartTimeout):
-	}
-	if c.addr == "" {
-		c.kill()
-		<-c.waited
-		return nil, fmt.Errorf("the server process (pid %d) printed no address within %v", cmd.Process.Pid, childStartTimeout)
-	}
-	return c, nil
+	return &child{ServerProcess: p}, nil
 }
 
 // startChildren starts n server children, at once. On an error it ends
@@ -128,33 +58,19 @@ func startChildren(self string, n int) ([]*child, error) {
 	return cs, nil
 }
 
-// kill sends the child SIGKILL (kill -9).
+// kill sends the child SIGKILL (kill -9) and waits for it.
 func (c *child) kill() {
-	c.killed = true
-	_ = c.cmd.Process.Kill()
+	c.killed.Store(true)
+	c.Kill()
 }
 
-// end ends the child: SIGTERM (and its stdin closed), then SIGKILL if it
-// has not exited childEndTimeout later. A child that kill ended, or that
-// exited on its own with status 0, ends without an error.
+// end ends the child (benchcmp's End: SIGTERM, then SIGKILL if it
+// lingers). A child that kill ended ends without an error.
 func (c *child) end() error {
-	select {
-	case <-c.waited:
-	default:
-		_ = c.cmd.Process.Signal(syscall.SIGTERM) // not on Windows: the closed stdin ends it there
-		c.stdin.Close()
-		select {
-		case <-c.waited:
-		case <-time.After(childEndTimeout):
-			c.kill()
-			<-c.waited
-			return fmt.Errorf("server process (pid %d) did not exit within %v of SIGTERM: killed", c.cmd.Process.Pid, childEndTimeout)
-		}
+	if c.killed.Load() {
+		return nil
 	}
-	if c.err != nil && !c.killed {
-		return fmt.Errorf("server process (pid %d): %w", c.cmd.Process.Pid, c.err)
-	}
-	return nil
+	return c.End()
 }
 
 // endChildren ends every child, at once, and waits for them all.

@@ -27,7 +27,7 @@ func init() {
 	if err == nil {
 		var c *child
 		if c, err = startChild(self); err == nil {
-			fmt.Println(c.cmd.Process.Pid)
+			fmt.Println(c.Pid())
 			select {}
 		}
 	}

@@ -336,5 +336,5 @@ func TestBenchNoServer(t *testing.T) {
 	require.Len(t, rs, 1)
 	require.Nil(t, rs[0].t)
 	require.True(t, errors.Is(rs[0].err, os.ErrNotExist), rs[0].err)
-	require.Contains(t, out.String(), "FAIL: steady, 1 server(s): starting a server process")
+	require.Contains(t, out.String(), "FAIL: steady, 1 server(s): starting the server process")
 }

@@ -79,8 +79,8 @@ func runScenario(ctx context.Context, self string, cfg *config, sc scenario, log
 	defer func() { r.err = errors.Join(r.err, endChildren(children)) }()
 	addrs := make([]string, len(children))
 	for i, ch := range children {
-		addrs[i] = ch.addr
-		fmt.Fprintf(log, "   server %d: pid %d on %s\n", i, ch.cmd.Process.Pid, ch.addr)
+		addrs[i] = ch.Addr
+		fmt.Fprintf(log, "   server %d: pid %d on %s\n", i, ch.Pid(), ch.Addr)
 	}
 	c, err := dialCluster(addrs, cfg.balancer)
 	if err != nil {
@@ -112,10 +112,10 @@ func runScenario(ctx context.Context, self string, cfg *config, sc scenario, log
 		l.event = &event{
 			at:  time.Duration(cfg.killAt * float64(cfg.duration)),
 			do:  victim.kill,
-			out: func() bool { return outOfBalancer(c, victim.addr) },
+			out: func() bool { return outOfBalancer(c, victim.Addr) },
 		}
 		fmt.Fprintf(log, "   kill -9 of server %d (pid %d) at %v of the measured %v\n",
-			r.killed, victim.cmd.Process.Pid, l.event.at, cfg.duration)
+			r.killed, victim.Pid(), l.event.at, cfg.duration)
 	}
 	r.t = drive(ctx, c, closeClient, l)
 	r.perServer = make([]int64, len(addrs))
