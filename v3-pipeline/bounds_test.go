@@ -189,7 +189,8 @@ func TestServerThatStopsReadingIsFoundDead(t *testing.T) {
 	defer conn.Close() // never read
 
 	// The first call's request is being written when the socket fills, the
-	// second waits in the queue, the third for room in the queue.
+	// second waits in the queue, the third for room in the queue (when all
+	// three goroutines run before the pings find the connection dead).
 	errc := make(chan error, 3)
 	for range 3 {
 		go func() { errc <- c.Call(context.Background(), "Echo.Echo", make([]byte, 8<<20), new([]byte)) }()
@@ -202,7 +203,13 @@ func TestServerThatStopsReadingIsFoundDead(t *testing.T) {
 			t.Fatal("a call to a server that stopped reading hangs")
 		}
 	}
-	require.EqualValues(t, 1, c.Stats().Timeouts)
+	// Every connection the calls used was found dead by the pings: one if
+	// all three calls reached the first, more if a slow goroutine started
+	// after it died and dialed again (the listener still completes
+	// handshakes).
+	st := c.Stats()
+	require.Positive(t, st.Timeouts)
+	require.Equal(t, st.Dials, st.Timeouts, "a connection that was not found dead")
 }
 
 // A large reply that arrives slowly is no silence: the bytes coming in
