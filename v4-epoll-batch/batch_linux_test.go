@@ -3,11 +3,14 @@ package epollbatch
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/rpcsteps/rpcsteps/shared/protocol"
 )
 
 // Batches (batch.go): the requests of one read whose methods are quick
@@ -163,4 +166,205 @@ func TestCostsKeptOnlyForMethodsServed(t *testing.T) {
 		}
 	}
 	require.Equal(t, 1, costsKept(s))
+}
+
+// Once a worker is busy, a quick batch waits for it instead of waking
+// another; a quick method that blocks does not hold the batch behind it
+// for long: after queueStall the stall timer wakes a worker for it.
+// Without the timer the echo below would wait for the gate.
+func TestQueuedBatchIsNotHeldByABlockedWorker(t *testing.T) {
+	skipOnPortable(t)
+	s, g := newTestServer(t)
+	setCost(s, "gate.Wait", time.Microsecond) // quick, as far as the server knows
+	setCost(s, "echo.Echo", time.Microsecond)
+	held := serverPair(t, s)
+	_, err := held.Write(request(1, "gate.Wait", []byte("held")))
+	require.NoError(t, err)
+	g.waitEntered(t, 1) // the one busy worker is stuck
+
+	nc := serverPair(t, s)
+	_, err = nc.Write(request(2, "echo.Echo", []byte("x")))
+	require.NoError(t, err)
+	r := (&replyReader{nc: nc}).mustNext(t)
+	require.Empty(t, r.err)
+	require.Equal(t, "x", r.body)
+	st := s.Stats()
+	require.Equal(t, int64(1), st.Queued, "the echo waited for the busy worker")
+	require.GreaterOrEqual(t, st.Stalls, int64(1), "and the stall timer woke another")
+	// (more than one when the woken worker took longer than queueStall
+	// to start, on a loaded machine)
+	require.Equal(t, 1+st.Stalls, st.Handoffs, "the gate's worker, and those the timer woke")
+	g.open()
+}
+
+// fakeReplier collects the replies of tasks made by testTask.
+type fakeReplier struct {
+	mu      sync.Mutex
+	replies []string // "" for a reply, else its error text; "oneway" for none
+}
+
+func (f *fakeReplier) reply(out *[]byte, _ int, _ *protocol.Header) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(*out) == 0 {
+		f.replies = append(f.replies, "oneway")
+		return
+	}
+	var fr protocol.Frame
+	if _, err := protocol.Parse(*out, 0, &fr); err != nil {
+		panic(err)
+	}
+	f.replies = append(f.replies, string(fr.Error))
+}
+
+// testTask is a task for an echo request, replying to r.
+func testTask(r replier, seq uint64) *task {
+	wire := request(seq, "echo.Echo", []byte("x"))
+	t := &task{r: r, size: len(wire)}
+	t.bp = &wire
+	if _, err := protocol.Parse(wire, 0, &t.f); err != nil {
+		panic(err)
+	}
+	return t
+}
+
+// A worker takes the queued batches before it goes back to the pool, and
+// gives its slot back at the end.
+func TestWorkerRunsTheQueue(t *testing.T) {
+	s, _ := newTestServer(t)
+	f := &fakeReplier{}
+	s.queue.push(testTask(f, 2), time.Microsecond)
+	s.queue.push(testTask(f, 3), time.Microsecond)
+	require.True(t, s.acquire())
+	first := testTask(f, 1)
+	first.quick = true
+	s.run(first)
+	require.Equal(t, []string{"", "", ""}, f.replies)
+	require.False(t, s.queue.waiting())
+	require.Zero(t, s.running.Load())
+	require.Zero(t, s.queue.cost.Load())
+	require.Zero(t, s.quickBusy.Load())
+}
+
+// When a batch joins the queue: a worker of quick batches is busy (not
+// only one on a slow method), fewer than WithWorkers workers are, and
+// less than queueBudget of work per quick worker waits already.
+func TestEnqueueBounds(t *testing.T) {
+	s, _ := newTestServer(t, WithWorkers(3))
+	s.queue.armed.Store(true) // no stall timer: it would start a real worker
+	f := &fakeReplier{}
+	require.False(t, s.enqueue(testTask(f, 1), 1, time.Microsecond), "no worker busy: a worker of its own")
+	s.running.Store(1)
+	require.False(t, s.enqueue(testTask(f, 1), 1, time.Microsecond), "a worker busy on a slow method does not take the queue")
+	s.running.Store(3)
+	s.quickBusy.Store(1)
+	require.False(t, s.enqueue(testTask(f, 1), 1, time.Microsecond), "WithWorkers busy: refused, as without the queue")
+	s.running.Store(2)
+	s.quickBusy.Store(2)
+	require.True(t, s.enqueue(testTask(f, 1), 1, 2*queueBudget))
+	require.False(t, s.enqueue(testTask(f, 2), 1, time.Microsecond), "two quick workers, 2 ms of work queued already")
+	for s.queue.pop() != nil {
+	}
+	s.running.Store(0)
+	s.quickBusy.Store(0)
+	require.Empty(t, f.replies)
+}
+
+// Many connections of quick requests at once, with the stall timer off:
+// every batch queued is taken by a worker (none is left behind because
+// the workers left just as it was queued).
+func TestQueueLosesNoBatch(t *testing.T) {
+	skipOnPortable(t)
+	s, _ := newTestServer(t, WithWorkers(4))
+	s.queue.armed.Store(true) // never armed: only the workers take the queue
+	setCost(s, "echo.Echo", time.Microsecond)
+	const conns, rounds, burst = 16, 20, 8
+	var wg sync.WaitGroup
+	for c := range conns {
+		nc := serverPair(t, s)
+		wg.Go(func() {
+			rr := &replyReader{nc: nc}
+			for r := range rounds {
+				var all []byte
+				for i := range burst {
+					all = append(all, request(uint64(r*burst+i+1), "echo.Echo", []byte(fmt.Sprint(c)))...)
+				}
+				if _, err := nc.Write(all); err != nil {
+					t.Error(err)
+					return
+				}
+				for range burst {
+					rep, err := rr.next(5 * time.Second)
+					if err != nil {
+						t.Errorf("connection %d, round %d: %v", c, r, err)
+						return
+					}
+					if rep.err != "" && !strings.Contains(rep.err, "overloaded") {
+						t.Errorf("connection %d: %s", c, rep.err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	st := s.Stats()
+	require.Positive(t, st.Queued, "the queue was used")
+	require.Zero(t, st.Stalls)
+}
+
+// The hand-shake, one side at a time: a batch queued just after the
+// last quick worker looked at the queue is seen by the reactor that
+// queued it, which wakes a worker; one queued after the worker gave its
+// slot back but before it looked is seen by the worker.
+func TestQueueHandshake(t *testing.T) {
+	t.Run("the reactor sees the workers gone", func(t *testing.T) {
+		s, _ := newTestServer(t)
+		s.queue.armed.Store(true) // no stall timer
+		f := &fakeReplier{}
+		s.running.Store(1)
+		s.quickBusy.Store(1)      // a quick worker, about to leave
+		testHookQueued = func() { // it leaves, having found the queue empty
+			s.quickBusy.Store(0)
+			s.running.Store(0)
+		}
+		defer func() { testHookQueued = nil }()
+		require.True(t, s.enqueue(testTask(f, 1), 1, time.Microsecond))
+		require.Eventually(t, func() bool {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return len(f.replies) == 1
+		}, 2*time.Second, time.Millisecond, "the batch is left in the queue")
+		require.Equal(t, int64(1), s.Stats().Handoffs, "the worker the reactor woke")
+	})
+	t.Run("the worker sees the batch", func(t *testing.T) {
+		s, _ := newTestServer(t)
+		s.queue.armed.Store(true)
+		f := &fakeReplier{}
+		testHookReleased = func() { // queued by a reactor that saw the worker busy
+			testHookReleased = nil
+			s.queue.push(testTask(f, 2), time.Microsecond)
+		}
+		defer func() { testHookReleased = nil }()
+		first := testTask(f, 1)
+		first.quick = true
+		require.True(t, s.acquire())
+		s.run(first)
+		require.Equal(t, []string{"", ""}, f.replies, "the worker ran the batch queued as it left")
+		require.Zero(t, s.running.Load())
+	})
+}
+
+// With the pool closed no worker will come: what waits in the queue is
+// answered "closing" (a one-way request is dropped).
+func TestQueueRefusedWhenThePoolIsClosed(t *testing.T) {
+	s, _ := newTestServer(t)
+	require.NoError(t, s.Close())
+	f := &fakeReplier{}
+	a, b := testTask(f, 1), testTask(f, 2)
+	b.f.Type = protocol.TypeOneway
+	a.next = b
+	s.queue.push(a, time.Microsecond)
+	s.wakeWorker()
+	require.Equal(t, []string{"epollbatch: server closing", "oneway"}, f.replies)
+	require.Zero(t, s.running.Load())
 }

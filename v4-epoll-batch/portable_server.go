@@ -107,7 +107,7 @@ func (pc *pconn) readLoop() {
 
 		switch t.f.Type {
 		case protocol.TypeRequest, protocol.TypeOneway:
-			msg, ok := pc.s.submit(t, 1) // t is not ours after this, unless refused
+			msg, ok := pc.s.submit(t, 1, false, 0) // t is not ours after this, unless refused
 			if ok {
 				continue
 			}

@@ -45,8 +45,11 @@ type Server struct {
 	// requests handed to workers, the hand-offs that carried them, and
 	// the batches that spilled (ServerStats)
 	requests, handoffs, spills atomic.Int64
+	queued, stalls             atomic.Int64 // batches that waited for a busy worker; stall timer wake-ups
 	running                    atomic.Int32 // workers running a request or a batch: at most WithWorkers
+	quickBusy                  atomic.Int32 // of them, the workers of quick batches, which take the queue
 	costs                      costTable    // what each method takes, which decides the batches (batch.go)
+	queue                      batchQueue   // quick batches waiting for a busy worker (batch.go)
 
 	onShutdown []func() // RegisterOnShutdown; guarded by mu
 }
@@ -284,6 +287,7 @@ func (s *Server) Close() error {
 func (s *Server) stopAll() {
 	s.reactorStop()
 	s.cancel()
+	s.stopQueue()
 	s.mu.Lock()
 	w := s.workers
 	s.mu.Unlock()
@@ -292,6 +296,8 @@ func (s *Server) stopAll() {
 		// their method returns.
 		w.Release()
 	}
+	// No worker will start: what still waits in the queue is refused.
+	s.refuseQueued("epollbatch: server closing")
 }
 
 // Stats returns figures of the server, both engines together.
@@ -311,6 +317,7 @@ func (s *Server) Stats() ServerStats {
 	st.WorkersBusy = int(s.running.Load())
 	st.Overloaded = s.overloaded.Load()
 	st.Requests, st.Handoffs, st.Spills = s.requests.Load(), s.handoffs.Load(), s.spills.Load()
+	st.Queued, st.Stalls = s.queued.Load(), s.stalls.Load()
 	return st
 }
 
@@ -325,11 +332,15 @@ type replier interface {
 // of its bytes and the frame parsed from them. Tasks are pooled: handing
 // one over allocates nothing.
 type task struct {
-	r    replier
-	bp   *[]byte
-	f    protocol.Frame // its sections alias *bp
-	size int            // the request's size, counted in flight
-	next *task          // the next request of the same batch, if any
+	r         replier
+	bp        *[]byte
+	f         protocol.Frame // its sections alias *bp
+	size      int            // the request's size, counted in flight
+	next      *task          // the next request of the same batch, if any
+	nextBatch *task          // the next batch in the queue (batch.go), on a batch's first task
+	cost      time.Duration  // a queued batch's methods' times, on its first task
+	queued    time.Time      // when a queued batch was queued, on its first task
+	quick     bool           // a batch of quick requests (batch.go), on its first task
 }
 
 var taskPool = sync.Pool{New: func() any { return new(task) }}
@@ -396,7 +407,11 @@ func (s *Server) invoke(t *task) error {
 // the tasks are still the caller's (it answers each and gives it back
 // with release) and submit returns the text of the error reply:
 // WithWorkers workers are busy already, or the pool is closed.
-func (s *Server) submit(t *task, n int) (refusal string, ok bool) {
+func (s *Server) submit(t *task, n int, quick bool, cost time.Duration) (refusal string, ok bool) {
+	if quick && s.enqueue(t, n, cost) {
+		return "", true
+	}
+	t.quick = quick
 	if !s.acquire() {
 		s.overloaded.Add(int64(n))
 		return fmt.Sprintf("epollbatch: server overloaded (%d workers busy)", s.opts.workers), false
@@ -417,33 +432,73 @@ func release(t *task) {
 	taskPool.Put(t)
 }
 
-// run runs a batch on a worker: t and the tasks linked from it, one after
-// another (batch.go says which requests share a worker). A batch that has
-// taken longer than spillAfter hands the rest to another worker, if a
-// slot is free: the costs it was formed on were wrong.
+// run runs a batch on a worker: t and the tasks linked from it, one
+// after another (batch.go says which requests share a worker). A worker
+// of quick batches (or of the queue: t nil) then takes the queued
+// batches before it goes back to the pool.
 func (s *Server) run(t *task) {
+	if t != nil && !t.quick {
+		s.runBatch(t, false) // a request of its own
+		return
+	}
+	s.quickBusy.Add(1)
+	for {
+		if t == nil {
+			t = s.queue.pop()
+		}
+		if t == nil {
+			s.quickBusy.Add(-1)
+			s.running.Add(-1)
+		} else if !s.runBatch(t, true) {
+			t = nil
+			continue // the slot is still held: the queue is not empty
+		}
+		// The slot is back, then the queue is looked at again: a batch
+		// queued meanwhile is seen here or by the reactor that queued it
+		// (enqueue).
+		if testHookReleased != nil {
+			testHookReleased()
+		}
+		if !s.queue.waiting() || !s.acquire() {
+			return
+		}
+		s.quickBusy.Add(1)
+		t = nil
+	}
+}
+
+// runBatch runs t and the tasks linked from it, one after another. A
+// batch that has taken longer than spillAfter hands the rest to another
+// worker, if a slot is free: the costs it was formed on were wrong. The
+// last request gives the worker's slot back, unless the worker is quick's
+// (see run) and a batch waits in the queue; runBatch reports whether it
+// did.
+func (s *Server) runBatch(t *task, quick bool) (released bool) {
 	start := time.Now()
 	now := start
 	for t != nil {
 		next := t.next
 		t.next = nil
 		if next != nil && now.Sub(start) > spillAfter && s.acquire() {
+			next.quick = quick
 			if s.invoke(next) == nil {
 				s.spills.Add(1)
 				s.handoffs.Add(1)
 				next = nil
 			}
 		}
-		now = s.runOne(t, now, next == nil)
+		released = next == nil && (!quick || !s.queue.waiting())
+		now = s.runOne(t, now, released, quick)
 		t = next
 	}
+	return released
 }
 
 // runOne runs one request and hands its reply over; began is when it
-// started, and runOne returns when it ended. The last of a batch gives
-// the worker's slot back before its reply leaves: its caller's next
-// request may come at once.
-func (s *Server) runOne(t *task, began time.Time, last bool) time.Time {
+// started, and runOne returns when it ended. The last gives the worker's
+// slot back (and its count among the quick, for a quick worker) before
+// its reply leaves: its caller's next request may come at once.
+func (s *Server) runOne(t *task, began time.Time, last, quick bool) time.Time {
 	out := getBuf()
 	if ctx, err := incoming(s.ctx, &t.f); err != nil {
 		if t.f.Type == protocol.TypeRequest {
@@ -456,6 +511,9 @@ func (s *Server) runOne(t *task, began time.Time, last bool) time.Time {
 	s.costs.note(s.reg, t.f.Method, ended.Sub(began))
 	putBuf(t.bp)
 	if last {
+		if quick {
+			s.quickBusy.Add(-1)
+		}
 		s.running.Add(-1)
 	}
 	t.r.reply(out, t.size, &t.f.Header) // the task's header: a copy would escape through the interface

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -174,12 +175,12 @@ func (ss *serverSide) frame(c *conn, raw []byte, f *protocol.Frame) {
 		rebase(&t.f, *t.bp) // parsed once, here, against this server's frame limit
 		cost, ok := ss.s.costs.batchable(t.f.Method)
 		if !ok {
-			ss.submit(c, t, 1) // a worker of its own
+			ss.submit(c, t, 1, false, 0) // a worker of its own
 			return
 		}
 		if ss.b.add(t, cost) {
-			b, n := ss.b.take()
-			ss.submit(c, b, n)
+			b, n, cost := ss.b.take()
+			ss.submit(c, b, n, true, cost)
 		}
 	case protocol.TypePing:
 		out := getBuf()
@@ -194,16 +195,16 @@ func (ss *serverSide) frame(c *conn, raw []byte, f *protocol.Frame) {
 // parsed: the frames of one read are handed over; so is the batch.
 func (ss *serverSide) parsed(c *conn) {
 	if ss.b.head != nil {
-		b, n := ss.b.take()
-		ss.submit(c, b, n)
+		b, n, cost := ss.b.take()
+		ss.submit(c, b, n, true, cost)
 	}
 }
 
 // submit hands t and the tasks linked from it to one worker. When every
 // worker is busy, or the pool is closed, each is answered now, from the
 // reactor, which never waits for a worker.
-func (ss *serverSide) submit(c *conn, t *task, n int) {
-	msg, ok := ss.s.submit(t, n)
+func (ss *serverSide) submit(c *conn, t *task, n int, quick bool, cost time.Duration) {
+	msg, ok := ss.s.submit(t, n, quick, cost)
 	if ok {
 		return
 	}

@@ -85,9 +85,11 @@ type ServerStats struct {
 	WorkersBusy int   // workers running a method (or a batch of them) now
 	Workers     int   // workers alive now
 	Overloaded  int64 // requests refused a worker: answered "overloaded" (or "closing"), or dropped if one-way
-	Requests    int64 // requests handed to workers
-	Handoffs    int64 // hand-offs that carried them: Requests/Handoffs is the batching of quick methods
+	Requests    int64 // requests handed to workers, directly or through the queue of quick batches
+	Handoffs    int64 // worker wake-ups that carried them: Requests/Handoffs is the batching of quick methods, the queue's included
 	Spills      int64 // batches that ran long and handed their rest to another worker
+	Queued      int64 // quick batches that waited for a busy worker instead of waking one
+	Stalls      int64 // times a queued batch waited queueStall (1 ms) and woke another worker
 }
 
 // Stats are figures of a client.
