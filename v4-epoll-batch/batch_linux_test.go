@@ -357,6 +357,29 @@ func TestQueueHandshake(t *testing.T) {
 	})
 }
 
+// Close answers what still waits in the queue "closing", and the
+// requests it never ran leave the count of requests handed to workers.
+func TestCloseRefusesTheQueue(t *testing.T) {
+	s, _ := newTestServer(t)
+	s.queue.armed.Store(true) // no stall timer
+	s.running.Store(1)
+	s.quickBusy.Store(1) // a quick worker that will not come back for it
+	f := &fakeReplier{}
+	a, b := testTask(f, 1), testTask(f, 2)
+	a.next = b
+	require.True(t, s.enqueue(a, 2, time.Microsecond))
+	require.Equal(t, int64(2), s.Stats().Requests)
+	s.running.Store(0)
+	s.quickBusy.Store(0)
+	require.NoError(t, s.Close())
+	require.Equal(t, []string{"epollbatch: server closing", "epollbatch: server closing"}, f.replies)
+	st := s.Stats()
+	require.Zero(t, st.Requests)
+	require.Equal(t, int64(2), st.Overloaded)
+	require.Equal(t, int64(1), st.Queued)
+	require.False(t, s.queue.waiting())
+}
+
 // With the pool closed no worker will come: what waits in the queue is
 // answered "closing" (a one-way request is dropped).
 func TestQueueRefusedWhenThePoolIsClosed(t *testing.T) {
