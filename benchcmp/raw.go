@@ -245,7 +245,7 @@ func (c *rawClient) read(me *rawCall) error {
 		*h.reply = slices.Grow((*h.reply)[:0], int(n))[:n]
 		_, err := io.ReadFull(c.r, *h.reply)
 		if err != nil {
-			c.fail(err)
+			err = c.fail(err) // Close may have come first: its error, not the read's
 		}
 		if h != me {
 			h.wake <- rawWake{err: err}
@@ -280,11 +280,13 @@ func (c *rawClient) passReadingLocked() {
 }
 
 // fail ends the client: the connection is closed, and every waiting call
-// and every later one gets err.
-func (c *rawClient) fail(err error) {
+// and every later one gets err, unless the client had already failed. It
+// returns the client's error: err, or the earlier one.
+func (c *rawClient) fail(err error) error {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.failLocked(err)
-	c.mu.Unlock()
+	return c.err
 }
 
 func (c *rawClient) failLocked(err error) {
@@ -300,6 +302,6 @@ func (c *rawClient) failLocked(err error) {
 
 // Close closes the connection; calls in flight fail.
 func (c *rawClient) Close() error {
-	c.fail(errRawClosed)
+	_ = c.fail(errRawClosed)
 	return nil
 }
