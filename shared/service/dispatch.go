@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"runtime/debug"
+	"unsafe"
 
 	"github.com/rpcsteps/rpcsteps/shared/codec"
 	"github.com/rpcsteps/rpcsteps/shared/protocol"
@@ -191,6 +192,18 @@ func (r *Registry) invoke(ctx context.Context, s *svc, m *method, name []byte, a
 			err = ServerError(fmt.Sprintf("rpc: method %s panicked: %v", name, p))
 		}
 	}()
+	if m.direct != nil {
+		var arg unsafe.Pointer // what directCall takes: the pointer, or a pointer to the value
+		if argv.Kind() == reflect.Pointer {
+			arg = argv.UnsafePointer()
+		} else {
+			arg = argv.Addr().UnsafePointer() // argv is addressable: the Elem of call's reflect.New
+		}
+		if err := m.direct(unsafe.Pointer(&s.ptr), arg, ctx, reply.UnsafePointer()); err != nil {
+			return ServerError(err.Error())
+		}
+		return nil
+	}
 	var args [4]reflect.Value // on the stack: Call does not keep it
 	in := append(args[:0], s.rcvr)
 	if m.withCtx {

@@ -27,6 +27,10 @@
 // skipped. A request names a method "Service.Method", split at the last dot,
 // so a service name may itself contain dots.
 //
+// Methods whose receiver and arguments are pointers, slices, strings or
+// values of size zero are called without reflection (see directCall in
+// direct.go); the others through reflect.Value.Call, as net/rpc does.
+//
 // # Metadata and interceptors
 //
 // A request may carry metadata, key/value pairs for the call, ahead of its
@@ -47,6 +51,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 )
 
 // ServerError is an error that happened on the far side of a call: the
@@ -76,6 +81,9 @@ type method struct {
 	withCtx   bool          // it takes a context.Context first
 	argType   reflect.Type
 	replyType reflect.Type // a pointer type
+	// direct calls fn without reflection (nil: by reflection); see
+	// directCall.
+	direct directCall
 	// emptySlice is a reply of slice type's starting value, made once: an
 	// empty slice, not nil, as net/rpc's (unset for other types).
 	emptySlice reflect.Value
@@ -86,6 +94,9 @@ type svc struct {
 	name    string
 	rcvr    reflect.Value
 	methods map[string]*method
+	// ptr is rcvr's pointer when rcvr is one: what a direct call passes as
+	// the receiver (it reads nothing from here for a receiver of size zero).
+	ptr unsafe.Pointer
 }
 
 // Registry holds services and runs their methods. The zero value is not
@@ -140,6 +151,9 @@ func (r *Registry) register(rcvr any, name string, useName bool) error {
 		return fmt.Errorf("rpc.Register: empty service name for type %s", v.Type())
 	}
 	s := &svc{name: name, rcvr: v, methods: suitableMethods(v.Type())}
+	if v.Kind() == reflect.Pointer {
+		s.ptr = v.UnsafePointer()
+	}
 	if len(s.methods) == 0 {
 		if len(suitableMethods(reflect.PointerTo(v.Type()))) > 0 {
 			return fmt.Errorf("rpc.Register: type %s has no exported methods of suitable type (hint: pass a pointer to value of that type)", name)
@@ -189,6 +203,7 @@ func suitableMethods(typ reflect.Type) map[string]*method {
 			continue
 		}
 		mm := &method{fn: m.Func, withCtx: first == 2, argType: argType, replyType: replyType}
+		mm.direct = directFor(m.Func, mt.In(0), argType, mm.withCtx)
 		if replyType.Elem().Kind() == reflect.Slice {
 			mm.emptySlice = reflect.MakeSlice(replyType.Elem(), 0, 0)
 		}
