@@ -40,7 +40,8 @@ import (
 // (benchcmp.ServeChild): it serves the named implementation on a loopback
 // port, prints the address on stdout and serves until SIGTERM or until its
 // stdin closes. LOADGEN_SERVER_CPUPROFILE names a file for the server's
-// CPU profile (use it with one -impl and one -callers).
+// CPU profile, LOADGEN_CLIENT_CPUPROFILE one for the client's, over the
+// measured window (use them with one -impl and one -callers).
 const serveFlag = "serve"
 
 // config is what the flags ask for.

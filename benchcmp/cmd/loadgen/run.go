@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -43,7 +44,11 @@ func runAgainstChild(ctx context.Context, self string, spec runSpec, p *progress
 		return nil, errors.Join(fmt.Errorf("dial: %w", err), ch.End())
 	}
 	cpu := &benchcmp.CPUMeter{Server: ch}
-	s, err := drive(ctx, c, spec, p, cpu.Edge)
+	edge := cpu.Edge
+	if path := os.Getenv("LOADGEN_CLIENT_CPUPROFILE"); path != "" {
+		edge = profileWindow(path, cpu.Edge)
+	}
+	s, err := drive(ctx, c, spec, p, edge)
 	if s != nil && cpu.Err == nil && s.calls > 0 && !s.interrupted {
 		s.srvCPU = cpu.ServerCPU / time.Duration(s.calls)
 		s.cliCPU = cpu.ClientCPU / time.Duration(s.calls)
@@ -189,5 +194,33 @@ func (p *progress) update(elapsed time.Duration, calls int64, rate float64) {
 func (p *progress) done() {
 	if p.tty {
 		fmt.Fprint(p.w, "\r\033[K")
+	}
+}
+
+// profileWindow returns onWindow with this process's CPU profile written
+// to path for the measured window (LOADGEN_CLIENT_CPUPROFILE: use it with
+// one -impl and one -callers, or each run overwrites the file). A profile
+// that cannot be written is reported on stderr, and the run goes on.
+func profileWindow(path string, onWindow func(bool)) func(bool) {
+	var f *os.File
+	return func(start bool) {
+		onWindow(start)
+		if start {
+			var err error
+			if f, err = os.Create(path); err == nil {
+				err = pprof.StartCPUProfile(f)
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "loadgen: client profile:", err)
+			}
+			return
+		}
+		if f != nil {
+			pprof.StopCPUProfile()
+			if err := f.Close(); err != nil {
+				fmt.Fprintln(os.Stderr, "loadgen: client profile:", err)
+			}
+			f = nil
+		}
 	}
 }
