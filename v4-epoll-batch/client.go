@@ -79,12 +79,18 @@ type callConn interface {
 
 // slot is one of the client's connections, and how to make it again.
 type slot struct {
+	// ready is conn once dialed, read without Client.mu by calls that
+	// find it alive.
+	ready   atomic.Pointer[readyConn]
 	conn    callConn
 	dialing chan struct{} // closed when the dial in progress ends
 	lastErr error         // the last dial's error
 	retryAt time.Time     // no new dial before this, after a failure
 	backoff time.Duration // the pause after the next failure
 }
+
+// readyConn holds a slot's connection for atomic.Pointer.
+type readyConn struct{ conn callConn }
 
 // Redial pauses after failed dials: from minBackoff, doubling, to maxBackoff.
 const (
@@ -266,6 +272,9 @@ func (c *Client) start(ctx context.Context, call *Call, typ protocol.Type, async
 // or missing. One dial at a time per slot; after a failed dial, calls fail
 // at once with its error until a growing pause has passed.
 func (c *Client) conn(ctx context.Context, i int) (callConn, error) {
+	if r := c.slots[i].ready.Load(); r != nil && r.conn.alive() {
+		return r.conn, nil
+	}
 	for {
 		c.mu.Lock()
 		s := &c.slots[i]
@@ -313,6 +322,7 @@ func (c *Client) conn(ctx context.Context, i int) (callConn, error) {
 		}
 		s.lastErr, s.backoff = nil, 0
 		s.conn = mc
+		s.ready.Store(&readyConn{mc})
 		c.dials++
 		closed := c.ctx.Err() != nil
 		c.mu.Unlock()

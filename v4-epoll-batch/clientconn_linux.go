@@ -106,9 +106,12 @@ func (cc *clientConn) beat() {
 }
 
 func (cc *clientConn) alive() bool {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	return cc.err == nil
+	select { // without cc.mu: a receive that cannot wait takes no lock
+	case <-cc.dead:
+		return false
+	default:
+		return true
+	}
 }
 
 func (cc *clientConn) pendingLen() int {

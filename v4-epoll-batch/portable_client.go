@@ -84,9 +84,12 @@ func newPclientConn(c *Client, nc net.Conn) *pclientConn {
 }
 
 func (mc *pclientConn) alive() bool {
-	mc.mu.Lock()
-	defer mc.mu.Unlock()
-	return mc.err == nil
+	select { // without mc.mu: a receive that cannot wait takes no lock
+	case <-mc.done:
+		return false
+	default:
+		return true
+	}
 }
 
 func (mc *pclientConn) pendingLen() int {
