@@ -273,3 +273,31 @@ func TestDirectCallAllocs(t *testing.T) {
 	defer func() { directCalls = true }()
 	require.Equal(t, allocs()-2, direct)
 }
+
+// keeper keeps the arguments it is given, as a method may.
+type keeper struct{ kept [][]byte }
+
+func (k *keeper) Keep(a []byte, r *[]byte) error { k.kept = append(k.kept, a); *r = append(*r, 'k'); return nil }
+
+// The value a method's arguments are decoded into is used again by the next
+// call, zeroed: what a method keeps of its arguments stays its own, and no
+// call sees the fields of the one before.
+func TestArgsHolderReused(t *testing.T) {
+	r := NewRegistry(nil)
+	k := &keeper{}
+	require.NoError(t, r.RegisterName("K", k))
+	require.NoError(t, r.RegisterName("Z", shapes{}))
+	for _, s := range []string{"first call", "second", "third call's bytes"} {
+		var rep []byte
+		require.NoError(t, roundTrip(t, r, context.Background(), codec.Raw, "K.Keep", []byte(s), &rep))
+	}
+	require.Equal(t, [][]byte{[]byte("first call"), []byte("second"), []byte("third call's bytes")}, k.kept)
+
+	for _, cd := range []codec.Codec{codec.Gob, codec.JSON} {
+		var got string
+		require.NoError(t, roundTrip(t, r, context.Background(), cd, "Z.Struct", Node{Name: "a", Tags: []string{"x"}, Next: &Node{Name: "n"}}, &got))
+		require.Equal(t, "a[x]>n[]>nil", got)
+		require.NoError(t, roundTrip(t, r, context.Background(), cd, "Z.Struct", Node{Name: "b"}, &got))
+		require.Equal(t, "b[]>nil", got, cd.Name())
+	}
+}

@@ -122,12 +122,25 @@ func (r *Registry) call(ctx context.Context, req *protocol.Frame, icpt Intercept
 	}
 
 	// Arguments: decode into a new value; a method taking A (not *A) gets
-	// the value itself.
+	// the value itself, a copy of the zeroed holder it was decoded into,
+	// which nobody else sees (an interceptor gets a copy too) and which is
+	// used again.
 	var argv reflect.Value
 	if m.argType.Kind() == reflect.Pointer {
 		argv = reflect.New(m.argType.Elem())
 	} else {
-		argv = reflect.New(m.argType)
+		holder, _ := m.args.Get().(unsafe.Pointer)
+		if holder == nil {
+			argv = reflect.New(m.argType)
+			holder = argv.UnsafePointer()
+		} else {
+			argv = reflect.NewAt(m.argType, holder)
+		}
+		held := argv.Elem()
+		defer func() {
+			held.SetZero() // what it held is the method's now, not the next call's
+			m.args.Put(holder)
+		}()
 	}
 	if err := c.Unmarshal(body, argv.Interface()); err != nil {
 		return reflect.Value{}, ServerError(fmt.Sprintf("rpc: decoding arguments of %s: %v", req.Method, err))
@@ -141,7 +154,9 @@ func (r *Registry) call(ctx context.Context, req *protocol.Frame, icpt Intercept
 	case reflect.Map:
 		reply.Elem().Set(reflect.MakeMap(m.replyType.Elem()))
 	case reflect.Slice:
-		reply.Elem().Set(m.emptySlice)
+		// Every slice has a slice's shape: an empty []byte is an empty
+		// slice of any type, stored without reflect's Set.
+		*(*[]byte)(reply.UnsafePointer()) = []byte{}
 	}
 
 	// The caller's deadline, for a method that takes a ctx or an

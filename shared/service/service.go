@@ -41,6 +41,7 @@
 package service
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -48,7 +49,6 @@ import (
 	"log/slog"
 	"reflect"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -84,9 +84,10 @@ type method struct {
 	// direct calls fn without reflection (nil: by reflection); see
 	// directCall.
 	direct directCall
-	// emptySlice is a reply of slice type's starting value, made once: an
-	// empty slice, not nil, as net/rpc's (unset for other types).
-	emptySlice reflect.Value
+	// args holds zeroed values of argType, when it is not a pointer, to
+	// decode arguments into (unsafe.Pointer: a pointer in an interface
+	// costs no allocation).
+	args sync.Pool
 }
 
 // svc is one registered receiver.
@@ -204,9 +205,6 @@ func suitableMethods(typ reflect.Type) map[string]*method {
 		}
 		mm := &method{fn: m.Func, withCtx: first == 2, argType: argType, replyType: replyType}
 		mm.direct = directFor(m.Func, mt.In(0), argType, mm.withCtx)
-		if replyType.Elem().Kind() == reflect.Slice {
-			mm.emptySlice = reflect.MakeSlice(replyType.Elem(), 0, 0)
-		}
 		methods[m.Name] = mm
 	}
 	return methods
@@ -240,7 +238,7 @@ func (r *Registry) Has(serviceMethod []byte) bool {
 
 // lookup finds the method a request names. Its errors are the reply texts.
 func (r *Registry) lookup(serviceMethod []byte) (*svc, *method, error) {
-	dot := strings.LastIndexByte(string(serviceMethod), '.') // no allocation: the conversion does not escape
+	dot := bytes.LastIndexByte(serviceMethod, '.')
 	if dot < 0 {
 		return nil, nil, ServerError("rpc: service/method request ill-formed: " + string(serviceMethod))
 	}
