@@ -277,7 +277,11 @@ func TestDirectCallAllocs(t *testing.T) {
 // keeper keeps the arguments it is given, as a method may.
 type keeper struct{ kept [][]byte }
 
-func (k *keeper) Keep(a []byte, r *[]byte) error { k.kept = append(k.kept, a); *r = append(*r, 'k'); return nil }
+func (k *keeper) Keep(a []byte, r *[]byte) error {
+	k.kept = append(k.kept, a)
+	*r = append(*r, 'k')
+	return nil
+}
 
 // The value a method's arguments are decoded into is used again by the next
 // call, zeroed: what a method keeps of its arguments stays its own, and no
