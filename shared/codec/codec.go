@@ -27,7 +27,9 @@ type Codec interface {
 	// buffer. On error the returned buffer must be ignored.
 	Marshal(dst []byte, v any) ([]byte, error)
 	// Unmarshal decodes data into v, which is usually a pointer. It must not
-	// keep data, which is reused after it returns.
+	// keep data, which is reused after it returns, nor v, into which a later
+	// call may decode (the server reuses the value it decodes arguments
+	// into).
 	Unmarshal(data []byte, v any) error
 }
 

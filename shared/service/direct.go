@@ -22,9 +22,10 @@ import (
 // shapes below; any other method (a receiver struct with fields, arguments
 // passed as a struct or a number) is called by reflection, as before.
 //
-//   - the receiver: a pointer, or a value of size zero (Register(T{}) of an
-//     empty struct);
-//   - the arguments: a pointer, a slice, a string or a value of size zero;
+//   - the receiver: a pointer, or a value of size zero and alignment 1
+//     (Register(T{}) of an empty struct);
+//   - the arguments: a pointer, a slice, a string or a value of size zero
+//     and alignment 1;
 //   - the reply: always a pointer (the rules ask for one);
 //   - the ctx, when the method takes one, and the error it returns: the
 //     exact types.
@@ -51,7 +52,10 @@ func shapeOf(t reflect.Type) shape {
 		return shapeSlice
 	case t.Kind() == reflect.String:
 		return shapeString
-	case t.Size() == 0:
+	case t.Size() == 0 && t.Align() == 1:
+		// Alignment 1: a zero-size value aligned to 8 (a [0]int64 field)
+		// moves the arguments after it on 32-bit stacks; struct{} moves
+		// nothing.
 		return shapeZero
 	}
 	return shapeOther

@@ -115,11 +115,29 @@ func ctxInfo(ctx context.Context) string {
 	return fmt.Sprintf("deadline=%v value=%v", ok, ctx.Value(shapeKey{}))
 }
 
+// Aligned has size zero and the alignment of an int64 (8 on 64-bit
+// systems): a zero-size type aligned to more than 1 can move the arguments
+// after it on a 32-bit stack (sync/atomic's 64-bit types are aligned to 8
+// there), so it is called by reflection.
+type Aligned struct{ _ [0]int64 }
+
+func (shapes) Aligned(a Aligned, r *string) error { *r = "aligned"; return nil } // reflection
+
+// outer promotes shapesPtr's methods from a field at a non-zero offset.
+type outer struct {
+	pad int
+	shapesPtr
+}
+
 func shapesRegistry(t *testing.T) *Registry {
 	t.Helper()
 	r := NewRegistry(nil)
 	require.NoError(t, r.RegisterName("Z", shapes{}))
+	require.NoError(t, r.RegisterName("ZP", &shapes{})) // value methods through a pointer: the compiler's wrappers
 	require.NoError(t, r.RegisterName("P", &shapesPtr{prefix: "p:"}))
+	require.NoError(t, r.RegisterName("O", &outer{pad: 1, shapesPtr: shapesPtr{prefix: "o:"}}))
+	require.NoError(t, r.RegisterName("NP", (*shapesPtr)(nil))) // methods that dereference a nil receiver
+	require.NoError(t, r.RegisterName("NZ", (*shapes)(nil)))    // value methods called through a nil pointer
 	require.NoError(t, r.RegisterName("V", valueRcvr{n: 5}))
 	return r
 }
@@ -134,13 +152,26 @@ func TestDirectCallChosen(t *testing.T) {
 			direct[name+"."+m] = mm.direct != nil
 		}
 	}
-	require.Equal(t, map[string]bool{
-		"Z.Ptr": true, "Z.Slice": true, "Z.Str": true, "Z.Zero": true, "Z.Fail": true, "Z.Boom": true, "Z.Bytes": true,
-		"Z.CtxPtr": true, "Z.CtxSlice": true, "Z.CtxStr": true, "Z.CtxZero": true,
-		"Z.Struct": false, "Z.Int": false, "Z.CtxInt": false,
-		"P.Ptr": true, "P.Slice": true, "P.Str": true, "P.CtxPtr": true, "P.Int": false,
-		"V.Ptr": false,
-	}, direct)
+	want := map[string]bool{"V.Ptr": false}
+	for _, z := range []string{"Z", "ZP", "NZ"} {
+		for m, d := range map[string]bool{
+			"Ptr": true, "Slice": true, "Str": true, "Zero": true, "Fail": true, "Boom": true, "Bytes": true,
+			"CtxPtr": true, "CtxSlice": true, "CtxStr": true, "CtxZero": true,
+			"Struct": false, "Int": false, "CtxInt": false, "Aligned": false,
+		} {
+			want[z+"."+m] = d
+		}
+	}
+	for _, p := range []string{"P", "O", "NP"} {
+		for m, d := range map[string]bool{"Ptr": true, "Slice": true, "Str": true, "CtxPtr": true, "Int": false} {
+			want[p+"."+m] = d
+		}
+	}
+	require.Equal(t, want, direct)
+
+	var got string
+	require.NoError(t, roundTrip(t, r, context.Background(), codec.JSON, "Z.Aligned", Aligned{}, &got)) // gob encodes no struct without exported fields
+	require.Equal(t, "aligned", got)
 }
 
 // Every method answers the same bytes called directly and by reflection,
@@ -159,6 +190,9 @@ func TestDirectCallMatchesReflection(t *testing.T) {
 		{"Z.CtxPtr", long}, {"Z.CtxSlice", Words{"s"}}, {"Z.CtxStr", Label("l")}, {"Z.CtxZero", Nothing{}}, {"Z.CtxInt", 7},
 		{"P.Ptr", long}, {"P.Slice", Words{"w1", "w2"}}, {"P.Str", Label("s")}, {"P.CtxPtr", long}, {"P.Int", 3},
 		{"V.Ptr", long},
+		{"ZP.Ptr", long}, {"ZP.Slice", Words{"zp"}}, {"ZP.CtxStr", Label("zp")},
+		{"O.Ptr", long}, {"O.Slice", Words{"o"}}, {"O.CtxPtr", long}, {"O.Int", 9},
+		{"NP.Ptr", long}, {"NP.Str", Label("nil")}, {"NZ.Ptr", long}, {"NZ.CtxSlice", Words{"nil"}},
 	}
 	icpt := func(ctx context.Context, _ string, _, _ any, invoke func(context.Context) error) error {
 		return invoke(context.WithValue(ctx, shapeKey{}, "set"))
@@ -195,13 +229,16 @@ func TestDirectCallMatchesReflection(t *testing.T) {
 	for _, s := range []string{
 		`a[x y]>b[]>c[]>nil`, `one+two+three3 true`, `label hi`, `nothing {}`, `failed f`, `method Z.Boom panicked: boom b`,
 		`deadline=true value=set`, `deadline=false value=<nil>`, `p:a[x y]>b[]>c[]>nil1`, `p:s`, `raw bytes`,
+		`o:a[x y]>b[]>c[]>nil1`, `invalid memory address or nil pointer dereference`,
+		`value method github.com/rpcsteps/rpcsteps/shared/service.shapes.Ptr called using nil *shapes pointer`,
 	} {
 		require.Contains(t, joined, s)
 	}
 }
 
 // Direct calls run side by side with the garbage collector, on arguments
-// full of pointers, and each gets its own arguments.
+// full of pointers, and each gets its own arguments, from several
+// goroutines at once (the pooled holders too).
 func TestDirectCallsUnderGC(t *testing.T) {
 	r := shapesRegistry(t)
 	done := make(chan struct{})
@@ -222,14 +259,24 @@ func TestDirectCallsUnderGC(t *testing.T) {
 			for i := range 200 {
 				name := fmt.Sprintf("g%d-%d", g, i)
 				n := &Node{Name: name, Tags: []string{name}, Next: &Node{Name: "next"}}
-				var got string
-				if err := roundTripErr(r, codec.Gob, "Z.CtxPtr", n, &got); err != nil {
-					errs <- err
-					return
-				}
-				if want := describe(n) + " deadline=false value=<nil>"; got != want {
-					errs <- fmt.Errorf("got %q, want %q", got, want)
-					return
+				for _, c := range []struct {
+					method string
+					args   any
+					want   string
+				}{
+					{"Z.CtxPtr", n, describe(n) + " deadline=false value=<nil>"},
+					{"Z.Struct", *n, describe(n)}, // these two decode into the pooled holder
+					{"Z.Slice", Words{name, "x"}, name + "+x2 true"},
+				} {
+					var got string
+					if err := roundTripErr(r, codec.Gob, c.method, c.args, &got); err != nil {
+						errs <- err
+						return
+					}
+					if got != c.want {
+						errs <- fmt.Errorf("%s: got %q, want %q", c.method, got, c.want)
+						return
+					}
 				}
 			}
 			errs <- nil
@@ -297,11 +344,46 @@ func TestArgsHolderReused(t *testing.T) {
 	}
 	require.Equal(t, [][]byte{[]byte("first call"), []byte("second"), []byte("third call's bytes")}, k.kept)
 
+	// A decode that fails half way leaves nothing for the next call.
+	req := request(t, context.Background(), codec.Gob, "Z.Struct", Node{Name: "half", Tags: []string{"x", "y"}, Next: &Node{Name: "n"}}, nil)
+	req.Body = req.Body[:len(req.Body)-3]
+	rep := parse(t, r.Handle(context.Background(), req, nil))
+	require.Contains(t, string(rep.Error), "decoding arguments")
+	var got string
+	require.NoError(t, roundTrip(t, r, context.Background(), codec.Gob, "Z.Struct", Node{}, &got))
+	require.Equal(t, "[]>nil", got)
+
 	for _, cd := range []codec.Codec{codec.Gob, codec.JSON} {
-		var got string
 		require.NoError(t, roundTrip(t, r, context.Background(), cd, "Z.Struct", Node{Name: "a", Tags: []string{"x"}, Next: &Node{Name: "n"}}, &got))
 		require.Equal(t, "a[x]>n[]>nil", got)
 		require.NoError(t, roundTrip(t, r, context.Background(), cd, "Z.Struct", Node{Name: "b"}, &got))
 		require.Equal(t, "b[]>nil", got, cd.Name())
 	}
+}
+
+// An interceptor's copy of value arguments is its own; invoke runs the
+// method once per call, and not at all once the interceptor has returned.
+func TestInterceptorArgsAndInvoke(t *testing.T) {
+	r := NewRegistry(nil)
+	k := &keeper{}
+	require.NoError(t, r.RegisterName("K", k))
+	var late func(context.Context) error
+	icpt := func(ctx context.Context, _ string, args, _ any, invoke func(context.Context) error) error {
+		b := args.([]byte)
+		b[0] = 'X' // the interceptor's copy of the slice header: the same bytes
+		late = invoke
+		if err := invoke(ctx); err != nil {
+			return err
+		}
+		return invoke(ctx)
+	}
+	req := request(t, context.Background(), codec.Raw, "K.Keep", []byte("abc"), nil)
+	rep := parse(t, r.HandleWith(context.Background(), req, nil, icpt))
+	require.Empty(t, rep.Error)
+	require.Equal(t, "kk", string(rep.Body), "invoked twice: the reply appended to twice")
+	require.Equal(t, [][]byte{[]byte("Xbc"), []byte("Xbc")}, k.kept)
+
+	err := late(context.Background())
+	require.ErrorContains(t, err, "after the interceptor returned")
+	require.Len(t, k.kept, 2, "a late invoke runs nothing")
 }

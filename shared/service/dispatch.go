@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"runtime/debug"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/rpcsteps/rpcsteps/shared/codec"
@@ -41,8 +42,10 @@ func (r *Registry) Handle(ctx context.Context, req *protocol.Frame, dst []byte) 
 // it returns is the call's outcome (a nil error sends the reply as it is, an
 // error is sent as its text). A panic in the method is recovered by invoke
 // and returned as a ServerError, so an interceptor sees every outcome as an
-// error. invoke must be called, if at all, before the interceptor returns;
-// each call runs the method once more.
+// error. invoke must be called, if at all, before the interceptor returns
+// (once it has returned, invoke runs nothing and returns an error: the
+// arguments' holder is another request's by then); each call runs the
+// method once more.
 type Interceptor func(ctx context.Context, serviceMethod string, args, reply any, invoke func(ctx context.Context) error) error
 
 // HandleWith is Handle with icpt around the method (nil: none, and
@@ -186,7 +189,14 @@ func (r *Registry) intercept(ctx context.Context, s *svc, m *method, name []byte
 			err = ServerError(fmt.Sprintf("rpc: interceptor of %s panicked: %v", name, p))
 		}
 	}()
+	// The arguments live in a holder the next request reuses (call), and
+	// name in the request's buffer: an invoke kept past the return fails.
+	var returned atomic.Bool
+	defer returned.Store(true)
 	invoke := func(ctx context.Context) error {
+		if returned.Load() {
+			return ServerError("rpc: an interceptor's invoke was called after the interceptor returned")
+		}
 		if ctx == nil {
 			return ServerError(fmt.Sprintf("rpc: interceptor of %s invoked it with a nil context", name))
 		}
