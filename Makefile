@@ -37,6 +37,8 @@ vet:
 	GOOS=darwin $(GO) vet $(PKGS)
 	GOOS=windows $(GO) vet $(PKGS)
 	GOOS=freebsd $(GO) vet $(PKGS)
+	@echo "== go vet, GOARCH=386 (32 bits: an int holds no 4 GiB length)"
+	GOARCH=386 $(GO) vet $(PKGS)
 	$(GO) vet -tags rpcsteps_portable ./v4-epoll-batch/...
 	@echo "== go vet, the etcd module (a module of its own: ./... above does not enter it)"
 	cd v4-epoll-batch/etcd && $(GO) vet ./... && GOOS=darwin $(GO) vet ./...
@@ -54,6 +56,8 @@ race:
 	$(GO) test -race -count=1 $(PKGS)
 	@echo "== go test -race, v4 on its portable engine (what TLS, macOS and Windows use)"
 	$(GO) test -race -count=1 -tags rpcsteps_portable ./v4-epoll-batch/
+	@echo "== go test, GOARCH=386 (no -race there): the shared packages and v4, on 32 bits"
+	GOARCH=386 $(GO) test -count=1 ./shared/... ./v4-epoll-batch/...
 	@echo "== go test -race, the etcd module (starts its own etcd, embedded)"
 	cd v4-epoll-batch/etcd && $(GO) test -race -count=1 ./...
 

@@ -12,7 +12,7 @@ import (
 // It fails, appending nothing, when a section is longer than its length
 // field can say (MaxMethodLen for the method, 4 GiB for the others).
 func AppendFrame(dst []byte, h *Header, method, errText string, body []byte) ([]byte, error) {
-	if len(body) > math.MaxUint32 {
+	if uint64(len(body)) > math.MaxUint32 { // uint64: on 32-bit systems an int cannot hold the limit
 		return dst, fmt.Errorf("%w: body of %d bytes", ErrFrameTooLarge, len(body))
 	}
 	buf, err := BeginFrame(dst, h, method, errText)
@@ -37,7 +37,7 @@ func BeginFrame(dst []byte, h *Header, method, errText string) ([]byte, error) {
 	if len(method) > MaxMethodLen {
 		return dst, fmt.Errorf("%w: service method of %d bytes (limit %d)", ErrFrameTooLarge, len(method), MaxMethodLen)
 	}
-	if len(errText) > math.MaxUint32 {
+	if uint64(len(errText)) > math.MaxUint32 {
 		return dst, fmt.Errorf("%w: error text of %d bytes", ErrFrameTooLarge, len(errText))
 	}
 	start := len(dst)
@@ -59,7 +59,7 @@ func FinishFrame(frame []byte) error {
 	switch {
 	case blen < 0:
 		return fmt.Errorf("%w: frame shorter than its sections", ErrTruncated)
-	case blen > math.MaxUint32:
+	case uint64(blen) > math.MaxUint32:
 		return fmt.Errorf("%w: body of %d bytes", ErrFrameTooLarge, blen)
 	}
 	binary.BigEndian.PutUint32(frame[24:], uint32(blen))

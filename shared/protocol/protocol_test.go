@@ -10,6 +10,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -215,6 +216,9 @@ func TestDecodeErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.max == math.MaxInt && strconv.IntSize == 32 {
+				t.Skip("on 32 bits no limit an int can say is above 4 GiB: the frame is refused as too large instead")
+			}
 			var f Frame
 			n, err := Parse(tt.wire, tt.max, &f)
 			require.Zero(t, n)

@@ -50,8 +50,8 @@ func (t *Table[T]) Put(fd int, v T) (data uint64) {
 // Get returns the value stored by the Put that returned data. It returns
 // false if the fd's value has been removed or replaced since.
 func (t *Table[T]) Get(data uint64) (T, bool) {
-	fd, gen := int(uint32(data)), uint32(data>>32)
-	if fd < len(t.slots) {
+	fd, gen := uint32(data), uint32(data>>32)
+	if uint64(fd) < uint64(len(t.slots)) { // unsigned: an fd over 2^31 is no negative index on 32-bit systems
 		if s := &t.slots[fd]; s.used && s.gen == gen {
 			return s.v, true
 		}

@@ -420,8 +420,8 @@ func TestModel(t *testing.T) {
 			// A time near now: on a tick boundary or not, sometimes in
 			// the past, up to three revolutions ahead.
 			near := func() time.Time {
-				span := 3 * slots * int(tick)
-				d := time.Duration(rng.IntN(span+4*int(tick)) - 4*int(tick))
+				span := 3 * int64(slots) * int64(tick)
+				d := time.Duration(rng.Int64N(span+4*int64(tick)) - 4*int64(tick))
 				if rng.IntN(3) == 0 {
 					d = d.Truncate(tick)
 				}
@@ -441,9 +441,9 @@ func TestModel(t *testing.T) {
 				default:
 					switch rng.IntN(8) {
 					case 0: // a long jump: several revolutions
-						now = now.Add(time.Duration(rng.IntN(5 * slots * int(tick))))
+						now = now.Add(time.Duration(rng.Int64N(5 * int64(slots) * int64(tick))))
 					case 1: // back in time
-						now = now.Add(-time.Duration(rng.IntN(3 * int(tick))))
+						now = now.Add(-time.Duration(rng.Int64N(3 * int64(tick))))
 					default:
 						now = near()
 					}
