@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,7 +39,7 @@ func (c *Client) reactorLoops() ([]*loop, bool, error) {
 	}
 	if c.opts.reactors > 0 { // reactors of its own
 		for range c.opts.reactors {
-			l, err := newLoop(c.opts.logger, 0)
+			l, err := newLoop(c.opts.logger, 0, c.opts.busyPoll)
 			if err != nil {
 				for _, l := range r.loops {
 					l.stop()
@@ -51,7 +52,7 @@ func (c *Client) reactorLoops() ([]*loop, bool, error) {
 		}
 		return r.loops, false, nil
 	}
-	loops, err := shared.acquire() // the reactors all clients share
+	loops, err := shared.acquire(c.opts.busyPoll) // the reactors all clients share
 	if err != nil {
 		return nil, false, err
 	}
@@ -68,7 +69,7 @@ func (c *Client) releaseReactors() {
 	r.loops, r.closed = nil, true
 	r.mu.Unlock()
 	if sharedLoops && loops != nil {
-		shared.release()
+		shared.release(c.opts.busyPoll)
 		return
 	}
 	for _, l := range loops {
@@ -136,21 +137,35 @@ func (c *Client) dialReactor(nc net.Conn, i int) (callConn, bool, error) {
 // stopped when the last Client closes, so that nothing runs at import time
 // or after the last client. A thousand clients then cost GOMAXPROCS
 // reactor goroutines, not a thousand.
+//
+// They busy-poll for the longest WithBusyPoll of the clients that use them.
 type sharedLoops struct {
 	mu    sync.Mutex
 	refs  int
 	loops []*loop
 	next  atomic.Uint64
+	polls map[time.Duration]int // the clients' WithBusyPoll values, counted
+}
+
+// setBusyPoll gives every loop the longest busy poll asked for.
+func (s *sharedLoops) setBusyPoll() {
+	var longest time.Duration
+	for d := range s.polls {
+		longest = max(longest, d)
+	}
+	for _, l := range s.loops {
+		l.busyPoll.Store(int64(longest)) // a loop asleep sees it after its next work
+	}
 }
 
 var shared sharedLoops
 
-func (s *sharedLoops) acquire() ([]*loop, error) {
+func (s *sharedLoops) acquire(busyPoll time.Duration) ([]*loop, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.refs == 0 {
 		for range runtime.GOMAXPROCS(0) {
-			l, err := newLoop(slog.New(slog.DiscardHandler), 0)
+			l, err := newLoop(slog.New(slog.DiscardHandler), 0, 0)
 			if err != nil {
 				for _, l := range s.loops {
 					l.stop()
@@ -163,18 +178,28 @@ func (s *sharedLoops) acquire() ([]*loop, error) {
 		}
 	}
 	s.refs++
+	if s.polls == nil {
+		s.polls = make(map[time.Duration]int)
+	}
+	s.polls[busyPoll]++
+	s.setBusyPoll()
 	return s.loops, nil
 }
 
-func (s *sharedLoops) release() {
+func (s *sharedLoops) release(busyPoll time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.polls[busyPoll]--; s.polls[busyPoll] == 0 {
+		delete(s.polls, busyPoll)
+	}
 	if s.refs--; s.refs == 0 {
 		for _, l := range s.loops {
 			l.stop()
 		}
 		s.loops = nil
+		return
 	}
+	s.setBusyPoll()
 }
 
 // connFd returns a non-blocking, close-on-exec copy of nc's descriptor.

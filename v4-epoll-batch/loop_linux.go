@@ -51,6 +51,8 @@ type loop struct {
 	queued   atomic.Int32
 	sleeping atomic.Bool
 
+	busyPoll atomic.Int64 // WithBusyPoll, in ns; 0: block at once
+
 	mu       sync.Mutex
 	adds     []*conn // connections handed over by the acceptor or a dialer
 	ready    []*conn // connections with frames to send, or reading to resume
@@ -65,7 +67,7 @@ type loop struct {
 	done           chan struct{}
 }
 
-func newLoop(logger *slog.Logger, idleTimeout time.Duration) (*loop, error) {
+func newLoop(logger *slog.Logger, idleTimeout, busyPoll time.Duration) (*loop, error) {
 	p, err := poller.New()
 	if err != nil {
 		return nil, err
@@ -77,6 +79,7 @@ func newLoop(logger *slog.Logger, idleTimeout time.Duration) (*loop, error) {
 		idleTimeout: idleTimeout,
 		done:        make(chan struct{}),
 	}
+	l.busyPoll.Store(int64(busyPoll))
 	if idleTimeout > 0 {
 		tick := max(idleTimeout/64, 10*time.Millisecond)
 		l.wheel, err = timewheel.New[*conn](tick, 256, time.Now())
@@ -144,16 +147,26 @@ func (l *loop) stop() {
 	<-l.done
 }
 
+// polling reports whether the loop looks again without blocking: when
+// the last round found work (work tends to come in bursts), and for
+// WithBusyPoll after the last work. A request, or the reply a worker or
+// the peer is about to send, is then taken without a thread to wake: a
+// blocking epoll_wait costs a thread hand-off each time, tens of
+// microseconds on a VM.
+func (l *loop) polling(busy bool, sinceWork time.Duration) bool {
+	return busy || sinceWork < time.Duration(l.busyPoll.Load())
+}
+
 func (l *loop) run() {
 	defer close(l.done)
 	var adds, ready []*conn
 	busy := false // the last round found work
+	var lastWork time.Time
 	for {
 		timeout := time.Duration(-1)
-		if busy {
-			// Work tends to come in bursts: look again without blocking,
-			// after letting the goroutines we just woke (workers, callers)
-			// run. A blocking epoll_wait costs a thread hand-off each time.
+		if l.polling(busy, time.Since(lastWork)) {
+			// Look again without blocking, after letting the goroutines
+			// we just woke (workers, callers) run.
 			runtime.Gosched()
 			timeout = 0
 		} else if l.wheel != nil {
@@ -171,6 +184,9 @@ func (l *loop) run() {
 		l.sleeping.Store(false)
 		work := woken || l.queued.Load() > 0
 		busy = n > 0 || work
+		if busy {
+			lastWork = time.Now()
+		}
 		if err != nil {
 			if !errors.Is(err, poller.ErrClosed) {
 				l.logger.Error("epollbatch: epoll_wait failed; stopping the reactor", "err", err)

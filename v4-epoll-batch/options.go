@@ -33,6 +33,7 @@ type serverOptions struct {
 	reactors         int
 	workers          int
 	portable         bool
+	busyPoll         time.Duration
 	interceptors     []ServerInterceptor
 	intercept        ServerInterceptor // interceptors chained; nil for none
 }
@@ -48,6 +49,7 @@ type clientOptions struct {
 	maxQueued    int
 	reactors     int
 	portable     bool
+	busyPoll     time.Duration
 	tlsConfig    *tls.Config
 	interceptors []ClientInterceptor
 	intercept    ClientInterceptor // interceptors chained; nil for none
@@ -64,6 +66,7 @@ const (
 	DefaultMaxQueuedBytes   = 4 << 20
 	DefaultWorkers          = 10_000
 	DefaultRingSize         = 512 // a client connection's ring; a server's follows WithMaxInFlight
+	DefaultBusyPoll         = 50 * time.Microsecond
 )
 
 // The largest values some options take; larger ones are taken as these.
@@ -72,6 +75,7 @@ const (
 	MaxConnsCap     = 1024                  // WithConns
 	MinPingInterval = 10 * time.Millisecond // WithPingInterval: shorter positive intervals are taken as this
 	MaxWorkersCap   = math.MaxInt32         // WithWorkers: ants counts its workers in an int32
+	MaxBusyPoll     = 10 * time.Millisecond // WithBusyPoll
 )
 
 func newServerOptions(opts []ServerOption) serverOptions {
@@ -85,6 +89,7 @@ func newServerOptions(opts []ServerOption) serverOptions {
 		reactors:         runtime.GOMAXPROCS(0),
 		workers:          DefaultWorkers,
 		portable:         portableDefault,
+		busyPoll:         DefaultBusyPoll,
 	}
 	for _, opt := range opts {
 		opt.applyServer(&o)
@@ -105,6 +110,7 @@ func newClientOptions(opts []ClientOption) clientOptions {
 		pingInterval: DefaultPingInterval,
 		maxQueued:    DefaultMaxQueuedBytes,
 		portable:     portableDefault,
+		busyPoll:     DefaultBusyPoll,
 	}
 	for _, opt := range opts {
 		opt.applyClient(&o)
@@ -132,6 +138,25 @@ func WithMaxFrameSize(n int) Option {
 		n = protocol.DefaultMaxFrameSize
 	}
 	return maxFrameSize(n)
+}
+
+type busyPoll time.Duration
+
+func (d busyPoll) applyServer(o *serverOptions) { o.busyPoll = time.Duration(d) }
+func (d busyPoll) applyClient(o *clientOptions) { o.busyPoll = time.Duration(d) }
+
+// WithBusyPoll sets how long a reactor keeps polling its connections
+// without blocking after its last work (default DefaultBusyPoll, 50 µs):
+// a request or reply that arrives in that time is taken at once, with no
+// thread to wake, at the cost of that much CPU after each burst of work. A
+// reactor with nothing to do for that long blocks in epoll_wait, so an
+// idle server or client costs nothing. d <= 0 turns it off: a reactor
+// blocks as soon as a round finds no work. Values above MaxBusyPoll are
+// taken as MaxBusyPoll. The reactors that clients share (without
+// WithReactors) poll for the longest value of the clients using them. The
+// portable engine has no reactor and ignores it.
+func WithBusyPoll(d time.Duration) Option {
+	return busyPoll(min(max(d, 0), MaxBusyPoll))
 }
 
 type logger struct{ l *slog.Logger }

@@ -69,6 +69,14 @@ func TestOptionBoundaries(t *testing.T) {
 		{name: "client Reactors 64", client: []ClientOption{WithReactors(64)}},
 		{name: "client Reactors 0", client: []ClientOption{WithReactors(0)}},
 		{name: "client Reactors -1", client: []ClientOption{WithReactors(-1)}},
+		{name: "server BusyPoll 1ns", server: []ServerOption{WithBusyPoll(1)}},
+		{name: "server BusyPoll max", server: []ServerOption{WithBusyPoll(math.MaxInt64)}}, // taken as MaxBusyPoll
+		{name: "server BusyPoll 0", server: []ServerOption{WithBusyPoll(0)}},
+		{name: "server BusyPoll -1", server: []ServerOption{WithBusyPoll(-1)}},
+		{name: "client BusyPoll 1ns", client: []ClientOption{WithBusyPoll(1)}},
+		{name: "client BusyPoll max", client: []ClientOption{WithBusyPoll(math.MaxInt64)}},
+		{name: "client BusyPoll 0", client: []ClientOption{WithBusyPoll(0)}},
+		{name: "client BusyPoll -1, own reactors", client: []ClientOption{WithBusyPoll(-1), WithReactors(1)}},
 		// Server only.
 		{name: "IdleTimeout 1ns", server: []ServerOption{WithIdleTimeout(1)}, want: mayDrop},
 		{name: "IdleTimeout max", server: []ServerOption{WithIdleTimeout(math.MaxInt64)}},

@@ -40,7 +40,7 @@ func (s *Server) startLoops() error {
 		return nil
 	}
 	for range s.opts.reactors {
-		l, err := newLoop(s.opts.logger, s.opts.idleTimeout)
+		l, err := newLoop(s.opts.logger, s.opts.idleTimeout, s.opts.busyPoll)
 		if err != nil {
 			for _, l := range s.reactor.loops {
 				l.stop()
