@@ -57,6 +57,9 @@ func TestLoopPolling(t *testing.T) {
 // reactors its own; the shared ones the longest of the clients using
 // them, again when one of them closes.
 func TestBusyPollReachesTheLoops(t *testing.T) {
+	if portableDefault {
+		t.Skip("the portable engine (-tags rpcsteps_portable) has no reactor to poll")
+	}
 	s := NewServer(WithBusyPoll(3 * time.Millisecond))
 	require.NoError(t, s.RegisterName("echo", echo{}))
 	addr := serveForTest(t, s)
