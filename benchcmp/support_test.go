@@ -121,6 +121,37 @@ func TestRawClose(t *testing.T) {
 	require.NoError(t, c3.Close())
 }
 
+// A Close that lands while a reply's body is still arriving gives the
+// caller the client's error, not the read's: the server sends the reply's
+// length and part of its body, then nothing.
+func TestRawCloseDuringABody(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	stop := serveConns(ln, func(c net.Conn) {
+		var b [12]byte
+		if _, err := io.ReadFull(c, b[:]); err == nil {
+			_, _ = c.Write([]byte{0, 0, 0, 8, 'h', 'a', 'l'})
+		}
+		_, _ = io.Copy(io.Discard, c)
+	})
+	defer stop()
+	c, err := Raw().Dial(ln.Addr().String())
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		var reply []byte
+		done <- c.Call(context.Background(), "Echo.Echo", []byte("12345678"), &reply)
+	}()
+	time.Sleep(100 * time.Millisecond) // the length and three bytes are read; the reader waits for the rest
+	require.NoError(t, c.Close())
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, errRawClosed)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call still waits 10 s after Close")
+	}
+}
+
 // A Load measures its window only: the calls of the warm-up are not in
 // it, OnWindow brackets it, and the latencies are sorted.
 func TestLoad(t *testing.T) {

@@ -153,3 +153,26 @@ func TestRunAgainstChild(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, s.interrupted)
 }
+
+// LOADGEN_CLIENT_CPUPROFILE's window: the wrapped onWindow is still called
+// at both edges, and the profile written between them is a file pprof
+// wrote (gzip); a path that cannot be created is reported, not fatal.
+func TestProfileWindow(t *testing.T) {
+	path := t.TempDir() + "/cli.prof"
+	var edges []bool
+	edge := profileWindow(path, func(open bool) { edges = append(edges, open) })
+	edge(true)
+	deadline := time.Now().Add(50 * time.Millisecond)
+	for time.Now().Before(deadline) { // something to sample
+	}
+	edge(false)
+	require.Equal(t, []bool{true, false}, edges)
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Greater(t, len(b), 2)
+	require.Equal(t, []byte{0x1f, 0x8b}, b[:2], "a gzipped profile")
+
+	bad := profileWindow(t.TempDir()+"/no/such/dir/cli.prof", func(bool) {})
+	bad(true)
+	bad(false) // nothing was started: nothing to stop
+}

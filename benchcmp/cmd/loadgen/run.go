@@ -208,7 +208,10 @@ func profileWindow(path string, onWindow func(bool)) func(bool) {
 		if start {
 			var err error
 			if f, err = os.Create(path); err == nil {
-				err = pprof.StartCPUProfile(f)
+				if err = pprof.StartCPUProfile(f); err != nil {
+					f.Close()
+					f = nil // not ours to stop (another profile runs)
+				}
 			}
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "loadgen: client profile:", err)
