@@ -218,6 +218,10 @@ func TestDriveEvent(t *testing.T) {
 	f := newFakeClient("", nil)
 	var polls atomic.Int32
 	l := shortLoad
+	// Room for the timer to fire late and still poll three times: under
+	// `go test -race ./...` on 2 cores it fired at 83 ms, not 40, and the
+	// 100 ms window ended before the third poll.
+	l.duration = 500 * time.Millisecond
 	l.event = &event{
 		at:  40 * time.Millisecond,
 		do:  func() {},
