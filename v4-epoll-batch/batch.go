@@ -26,6 +26,21 @@ import (
 // turns slow is caught twice: its mean rises, and a batch that has run
 // for spillAfter hands the rest to another worker when a slot is free.
 //
+// A run's time is the time between its start and its end, which is not
+// all the method's: a stop of the world, the allocation assists the
+// collector asks for while it marks, another process taking the CPU all
+// count in it. So one run counts for at most maxSample in the mean.
+// Without that bound a single run stretched to a millisecond lifted a
+// microsecond method's mean past batchableCost for the next fifteen runs
+// or so, and every request of the reads in between got a worker of its
+// own: at 4 KiB with 1,024 callers, a hand-off for every two or three
+// requests instead of one for every fourteen, and 370 to 410 workers
+// instead of 110 to 200, each a stack for the next collection to scan.
+// With the bound, a method is taken as slow after five or six slow runs
+// in a row, or when about half of its runs are slow; a method slow less
+// often than that stays quick, and the requests behind one of its slow
+// runs in a batch wait for it.
+//
 // WithWorkers bounds the workers, each running one batch: a batch of
 // eight quick requests takes one slot, not eight.
 //
@@ -43,6 +58,7 @@ const (
 	batchBudget   = 64 * time.Microsecond
 	spillAfter    = 4 * batchBudget
 	maxBatch      = 16
+	maxSample     = 2 * batchableCost
 	queueBudget   = time.Millisecond
 	queueStall    = time.Millisecond
 	// maxCosts bounds the methods whose times are kept: only methods the
@@ -73,10 +89,11 @@ func (ct *costTable) batchable(method []byte) (time.Duration, bool) {
 	return d, d < batchableCost
 }
 
-// note adds one run of method, which took d, to its mean (1/8 weight for
-// the new run). A method reg does not serve is not kept: the names come
-// from the peer.
+// note adds one run of method, which took d (counted as maxSample at
+// most), to its mean (1/8 weight for the new run). A method reg does not
+// serve is not kept: the names come from the peer.
 func (ct *costTable) note(reg *service.Registry, method []byte, d time.Duration) {
+	d = min(d, maxSample)
 	if m := ct.m.Load(); m != nil {
 		if c := (*m)[string(method)]; c != nil {
 			old := c.Load()

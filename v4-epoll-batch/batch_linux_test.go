@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rpcsteps/rpcsteps/shared/protocol"
+	"github.com/rpcsteps/rpcsteps/shared/service"
 )
 
 // Batches (batch.go): the requests of one read whose methods are quick
@@ -98,6 +99,35 @@ func TestSlowRequestsGetWorkersOfTheirOwn(t *testing.T) {
 			require.Equal(t, int64(8), s.Stats().Handoffs)
 		})
 	}
+}
+
+// One run stretched by something else than the method (the collector, the
+// CPU taken by another process) leaves a quick method quick: it counts for
+// maxSample at most. A method that keeps being slow is taken as slow after
+// a few runs, and one whose first run is slow is slow at once.
+func TestStretchedRunKeepsAMethodQuick(t *testing.T) {
+	reg := service.NewRegistry(nil)
+	require.NoError(t, reg.RegisterName("echo", echo{}))
+	require.NoError(t, reg.RegisterName("slow", slow{}))
+	var ct costTable
+	quick := func(method string) bool {
+		_, ok := ct.batchable([]byte(method))
+		return ok
+	}
+	for range 20 {
+		ct.note(reg, []byte("echo.Echo"), time.Microsecond)
+	}
+	ct.note(reg, []byte("echo.Echo"), 2*time.Millisecond)
+	require.True(t, quick("echo.Echo"), "one stretched run")
+	ct.note(reg, []byte("echo.Echo"), 2*time.Millisecond)
+	require.True(t, quick("echo.Echo"), "two in a row")
+	for range 4 {
+		ct.note(reg, []byte("echo.Echo"), 2*time.Millisecond)
+	}
+	require.False(t, quick("echo.Echo"), "six slow runs in a row: slow")
+
+	ct.note(reg, []byte("slow.Sleep"), 2*time.Millisecond)
+	require.False(t, quick("slow.Sleep"), "slow from its first run")
 }
 
 // A batch formed on a method's past speed that runs long hands the rest
