@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/rpcsteps/rpcsteps/v4-epoll-batch/internal/poller"
 	"github.com/rpcsteps/rpcsteps/v4-epoll-batch/internal/timewheel"
 )
@@ -40,6 +42,7 @@ type loop struct {
 	idleTimeout time.Duration
 	wheel       *timewheel.Wheel[*conn] // idle deadlines; nil when there is no idle timeout
 	expired     []*conn
+	iov         []unix.Iovec // one writev's buffers (conn.flush), on the loop goroutine; cleared after each call
 
 	// queued counts the entries in adds and ready; sleeping is set while
 	// the loop is (about to be) blocked in epoll_wait. Producers write the
