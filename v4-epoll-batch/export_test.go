@@ -14,7 +14,7 @@ import (
 // serveForTest serves s on a loopback TCP listener and returns the
 // listener's address once s's reactors and workers exist (the first Serve
 // starts them). t.Cleanup closes s and waits for Serve to return.
-func serveForTest(t *testing.T, s *Server) string {
+func serveForTest(t testing.TB, s *Server) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

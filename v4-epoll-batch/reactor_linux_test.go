@@ -93,7 +93,7 @@ func newTestServer(t *testing.T, opts ...ServerOption) (*Server, *gate) {
 
 // socketpair returns a connected pair of non-blocking AF_UNIX stream
 // sockets.
-func socketpair(t *testing.T) [2]int {
+func socketpair(t testing.TB) [2]int {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
@@ -101,7 +101,7 @@ func socketpair(t *testing.T) [2]int {
 }
 
 // fileConn wraps fd in a net.Conn (which takes a copy of it) and closes fd.
-func fileConn(t *testing.T, fd int) net.Conn {
+func fileConn(t testing.TB, fd int) net.Conn {
 	t.Helper()
 	f := os.NewFile(uintptr(fd), "test end")
 	nc, err := net.FileConn(f)

@@ -1,14 +1,8 @@
 package epollbatch
 
 import (
-	"errors"
 	"fmt"
-	"net"
-	"os"
 	"testing"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/rpcsteps/rpcsteps/shared/protocol"
 )
@@ -39,33 +33,10 @@ func benchServerPath(b *testing.B, size, window int) {
 	if err := s.RegisterName("echo", echo{}); err != nil {
 		b.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ln) }()
-	defer func() {
-		s.Close()
-		if err := <-served; !errors.Is(err, ErrServerClosed) {
-			b.Errorf("Serve returned %v", err)
-		}
-	}()
-	for !reactorsStarted(s) {
-		time.Sleep(time.Millisecond)
-	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
+	serveForTest(b, s)
+	fds := socketpair(b)
 	adoptForTest(s, fds[0])
-	f := os.NewFile(uintptr(fds[1]), "peer")
-	nc, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nc.Close()
+	nc := fileConn(b, fds[1])
 
 	const chunk = 64 // requests per write
 	window = max(window, chunk) / chunk * chunk
