@@ -112,6 +112,8 @@ var steps = map[int]step{
 			"types.go":            "Call, the errors and the Stats types, moved out of client.go and server.go for both engines",
 			"interceptor.go":      "client and server interceptors, new API",
 			"metadata.go":         "per-call metadata, new API",
+			"race_linux.go":       "under -race, what writev and read tell the race detector (unix.Writev and unix.Read did it before)",
+			"norace_linux.go":     "without -race, the same hooks as nothing",
 		},
 	},
 }
