@@ -20,6 +20,12 @@ func serveForTest(t testing.TB, s *Server) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveOn(t, s, ln)
+}
+
+// serveOn is serveForTest on a listener of the test's choice.
+func serveOn(t testing.TB, s *Server, ln net.Listener) string {
+	t.Helper()
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
 	t.Cleanup(func() {

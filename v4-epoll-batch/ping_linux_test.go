@@ -3,6 +3,7 @@ package epollbatch
 import (
 	"context"
 	"net"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -58,24 +59,32 @@ func TestPingKeepsAndFindsDead(t *testing.T) {
 
 // A full ring at a heartbeat is not death: a server that stops reading
 // longer than an interval (a beat finds the ring full) but less than three,
-// with one-way traffic (which owes no reply),
-// keeps its connection.
+// with one-way traffic (which owes no reply), keeps its connection.
+//
+// Over a Unix socket: its kernel buffer holds some 200 KiB, so that the
+// ring fills within the first interval, and the server has a backlog of a
+// few thousand requests to work through once it reads again. (Over TCP,
+// whose buffers grow to megabytes, the queue's byte limit often bound
+// first, so that no beat found the ring full, and the server had some
+// 15,000 requests to work through before the ping, in an interval: on a
+// loaded machine it sometimes took longer, and the test failed.)
 func TestFullRingIsNotDeath(t *testing.T) {
 	skipOnPortable(t)
-	s, g := newTestServer(t, WithMaxInFlight(8))
-	addr := ""
-	s.mu.Lock()
-	for ln := range s.listeners {
-		addr = ln.Addr().String()
-	}
-	s.mu.Unlock()
-	// The server stops reading for 1.5 intervals: a beat finds the ring
-	// full. 400 ms, not less: on a loaded machine (the race detector, two
-	// cores) the server may take a while to work through the one-way
-	// requests queued before it answers the next ping.
-	c, err := Dial("tcp", addr, WithPingInterval(400*time.Millisecond))
+	const interval = 400 * time.Millisecond
+	s := NewServer(WithMaxInFlight(8))
+	g := newGate()
+	require.NoError(t, s.RegisterName("gate", g))
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	require.NoError(t, err)
+	addr := serveOn(t, s, ln)
+	t.Cleanup(g.open) // before the server's Close
+
+	c, err := Dial("unix", addr, WithPingInterval(interval))
 	require.NoError(t, err)
 	defer c.Close()
+	c.mu.Lock()
+	r := c.slots[0].conn.(*clientConn).c.ring
+	c.mu.Unlock()
 	var stop atomic.Bool
 	done := make(chan struct{})
 	go func() {
@@ -86,11 +95,16 @@ func TestFullRingIsNotDeath(t *testing.T) {
 			cancel()
 		}
 	}()
-	time.Sleep(600 * time.Millisecond) // the server reads nothing: the gate holds its 8 workers
+	// The server reads nothing (the gate holds its 8 workers): the socket
+	// fills, then the frames waiting for writev, then the ring, before the
+	// first beat, which therefore finds it full.
+	time.Sleep(interval * 3 / 4)
+	require.Equal(t, r.Cap(), r.Len(), "the ring is not full when the first beat is due")
+	time.Sleep(interval * 3 / 4) // 1.5 intervals in all
 	stop.Store(true)
 	g.open()
 	<-done
-	time.Sleep(1200 * time.Millisecond) // three intervals, with a healthy, idle server
+	time.Sleep(3 * interval) // with a healthy, idle server
 	require.Equal(t, 1, c.Stats().Conns)
 	require.EqualValues(t, 1, c.Stats().Dials, "a healthy connection was declared dead")
 }
