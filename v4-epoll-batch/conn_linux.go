@@ -630,10 +630,10 @@ func (c *conn) flush() {
 // 1,024 callers made 13% of the server's garbage. The array here is the
 // loop's, used again by every flush.
 //
-// Under -race it does what unix.Writev does for the race detector: a
-// release before the call (read acquires), so
-// that what the writer did before a reply is ordered before what the
-// reader does after it; and a read of every byte it offered.
+// Under -race it does for the race detector what unix.Writev does: a
+// release before the call, which read acquires, so that what the writer
+// did before a reply is ordered before what the reader does after it;
+// and a read of every byte it offers.
 func writev(fd int, iov []unix.Iovec) (int, error) {
 	if raceEnabled {
 		raceReleaseMerge(unsafe.Pointer(&ioSync))
